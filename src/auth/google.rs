@@ -1,0 +1,118 @@
+//! Google OIDC tokens: what Pub/Sub push, Cloud Scheduler and Cloud Tasks send.
+//!
+//! Checked in this order (signature first, claims only once it holds):
+//! RS256 with a `kid` from Google's key set; `iss` one of Google's two
+//! spellings; `exp` present and not past (with leeway); `nbf` if present; `aud`
+//! one of `GOOGLE_AUDIENCES`; `iat` present and not in the future; `email`
+//! present with `email_verified: true`; `email` exactly one of
+//! `GOOGLE_SERVICE_ACCOUNTS` (otherwise 403: Google vouches for the caller, but
+//! it is not one we let in).
+
+use serde::Deserialize;
+
+use super::{AuthError, GoogleIdentity, Principal, keys::KeyCache, verify_signature};
+use crate::config::{GOOGLE_ISSUERS, GoogleConfig};
+
+/// Verifies Google ID tokens.
+#[derive(Debug, Clone)]
+pub struct GoogleVerifier {
+    cfg: GoogleConfig,
+    keys: KeyCache,
+    validation: jsonwebtoken::Validation,
+    leeway: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct GoogleClaims {
+    aud: Audience,
+    sub: Option<String>,
+    email: Option<String>,
+    email_verified: Option<Flag>,
+    iat: Option<i64>,
+}
+
+impl GoogleVerifier {
+    /// A verifier over `keys` with the given settings.
+    pub fn new(cfg: GoogleConfig, keys: KeyCache, leeway: std::time::Duration) -> Self {
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.leeway = leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_issuer(&GOOGLE_ISSUERS);
+        validation.set_audience(&cfg.audiences);
+        Self {
+            cfg,
+            keys,
+            validation,
+            leeway: leeway.as_secs(),
+        }
+    }
+
+    /// The key cache.
+    pub fn keys(&self) -> &KeyCache {
+        &self.keys
+    }
+
+    /// Verifies `token` (whose unverified header named `kid`).
+    pub async fn verify(&self, token: &str, kid: &str) -> Result<Principal, AuthError> {
+        let key = self
+            .keys
+            .key(kid)
+            .await
+            .map_err(|e| AuthError::from_key_error(e, "google"))?;
+        let claims: GoogleClaims = verify_signature(token, &key, &self.validation)?;
+        let now = super::dev::now_secs();
+        match claims.iat {
+            None => return Err(AuthError::InvalidToken("token has no iat")),
+            Some(iat) if iat > now + self.leeway as i64 => {
+                return Err(AuthError::InvalidToken(
+                    "token was issued in the future (iat)",
+                ));
+            }
+            Some(_) => {}
+        }
+        let Some(email) = claims.email else {
+            return Err(AuthError::InvalidToken(
+                "token has no email (mint it for a service account)",
+            ));
+        };
+        let verified = matches!(claims.email_verified, Some(Flag::Bool(true)))
+            || matches!(&claims.email_verified, Some(Flag::Text(t)) if t == "true");
+        if !verified {
+            return Err(AuthError::InvalidToken("token's email is not verified"));
+        }
+        if !self.cfg.service_accounts.contains(&email) {
+            return Err(AuthError::InsufficientScope(
+                "service account is not in GOOGLE_SERVICE_ACCOUNTS".into(),
+            ));
+        }
+        let audience = match claims.aud {
+            Audience::One(a) => a,
+            Audience::Many(list) => list
+                .into_iter()
+                .find(|a| self.cfg.audiences.contains(a))
+                .unwrap_or_default(),
+        };
+        Ok(Principal::Google(GoogleIdentity {
+            email,
+            subject: claims.sub.unwrap_or_default(),
+            audience,
+        }))
+    }
+}

@@ -1,0 +1,291 @@
+//! Authentication: one core, [`Authenticator::authenticate`], and thin
+//! extractors over it.
+//!
+//! Two kinds of callers reach the same routes: Google service identities
+//! (Pub/Sub push, Cloud Scheduler, Cloud Tasks) with Google-signed OIDC
+//! tokens, and people signed in with Clerk. Both send `Authorization: Bearer`.
+//! The core takes the token from the header ([`token::bearer_token`]), checks
+//! its header and reads the unverified `iss` ([`token::inspect`]), and hands it
+//! to the verifier of that issuer, which uses only that issuer's keys. Any
+//! other issuer is refused. The result is a typed [`Principal`].
+//!
+//! Extractors narrow it:
+//! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
+//! - [`CanTrigger`]: may run jobs: an allowed Google service account, or a
+//!   Clerk user with the trigger permission (or role).
+//!
+//! Failures follow RFC 6750 (see [`AuthError`]); tokens are never logged.
+
+pub mod clerk;
+pub mod dev;
+pub mod google;
+pub mod keys;
+pub mod token;
+
+use std::collections::BTreeSet;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
+use jsonwebtoken::errors::ErrorKind;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    config::{GOOGLE_ISSUERS, TriggerPolicy},
+    http::AppState,
+};
+
+/// Why a request was not authenticated or not allowed. Descriptions are fixed
+/// strings: nothing from the token is echoed back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header: 401 with a bare `WWW-Authenticate: Bearer`.
+    #[error("no bearer token")]
+    MissingToken,
+    /// An `Authorization` header with another scheme: 401, bare challenge.
+    #[error("authorization scheme is not Bearer")]
+    WrongScheme,
+    /// A malformed request (two headers, non-ASCII): 400 `invalid_request`.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    /// A token was presented and refused: 401 `invalid_token`.
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// A valid caller that may not do this: 403 `insufficient_scope`.
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
+    /// No signing keys can be had for the token's issuer: 503, so that
+    /// Pub/Sub retries rather than dead-letters.
+    #[error("signing keys of the {0} issuer are unavailable")]
+    KeysUnavailable(&'static str),
+}
+
+impl AuthError {
+    fn from_key_error(err: keys::KeyError, issuer: &'static str) -> Self {
+        match err {
+            keys::KeyError::UnknownKid => Self::InvalidToken("unknown signing key (kid)"),
+            keys::KeyError::Unavailable => Self::KeysUnavailable(issuer),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Principal {
+    /// A Google service identity (Pub/Sub push, Scheduler, Tasks).
+    Google(GoogleIdentity),
+    /// A person signed in with Clerk.
+    Clerk(ClerkUser),
+}
+
+/// A Google service identity.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GoogleIdentity {
+    /// The service account's email.
+    pub email: String,
+    /// The token's `sub` (the account's unique id).
+    pub subject: String,
+    /// The accepted audience the token was minted for.
+    pub audience: String,
+}
+
+/// A Clerk user's session.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClerkUser {
+    /// `sub`: `user_…`.
+    pub user_id: String,
+    /// `sid`: `sess_…`.
+    pub session_id: String,
+    /// `azp`: the origin that minted the token.
+    pub authorized_party: String,
+    /// The active organization, if any.
+    pub organization: Option<Organization>,
+}
+
+/// The active organization of a Clerk session, from v1 or v2 claims.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Organization {
+    /// `org_…`.
+    pub id: String,
+    /// The organization's slug.
+    pub slug: Option<String>,
+    /// The role, with its `org:` prefix (`org:admin`).
+    pub role: Option<String>,
+    /// Permissions, `org:<feature>:<perm>`.
+    pub permissions: BTreeSet<String>,
+}
+
+impl Principal {
+    /// `google` or `clerk`, for logs and run records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Google(_) => "google",
+            Self::Clerk(_) => "clerk",
+        }
+    }
+
+    /// The caller's id: an email or a Clerk user id. Never a token.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Google(g) => &g.email,
+            Self::Clerk(c) => &c.user_id,
+        }
+    }
+
+    /// Whether this caller may run jobs. Google identities got here only if
+    /// their service account is allowed; Clerk users need the permission or
+    /// one of the roles.
+    pub fn check_trigger(&self, policy: &TriggerPolicy) -> Result<(), AuthError> {
+        match self {
+            Self::Google(_) => Ok(()),
+            Self::Clerk(user) => {
+                let org = user.organization.as_ref();
+                let has_permission =
+                    org.is_some_and(|o| o.permissions.contains(&policy.permission));
+                let has_role = org
+                    .and_then(|o| o.role.as_ref())
+                    .is_some_and(|r| policy.roles.contains(r));
+                if has_permission || has_role {
+                    Ok(())
+                } else {
+                    Err(AuthError::InsufficientScope(trigger_denial(
+                        policy,
+                        org.is_some(),
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The plain explanation of a refused trigger.
+pub fn trigger_denial(policy: &TriggerPolicy, has_org: bool) -> String {
+    let mut text = format!("requires the permission {}", policy.permission);
+    if !policy.roles.is_empty() {
+        text.push_str(&format!(" or the role {}", policy.roles.join(" or ")));
+    }
+    if !has_org {
+        text.push_str(" in the active organization (no organization is active)");
+    }
+    text
+}
+
+/// The authentication core: routes a token by issuer to its verifier.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    google: Option<google::GoogleVerifier>,
+    clerk: Option<clerk::ClerkVerifier>,
+}
+
+impl Authenticator {
+    /// An authenticator over the configured verifiers (either may be absent,
+    /// and then its tokens are refused).
+    pub fn new(
+        google: Option<google::GoogleVerifier>,
+        clerk: Option<clerk::ClerkVerifier>,
+    ) -> Self {
+        Self { google, clerk }
+    }
+
+    /// The Google verifier, if configured.
+    pub fn google(&self) -> Option<&google::GoogleVerifier> {
+        self.google.as_ref()
+    }
+
+    /// The Clerk verifier, if configured.
+    pub fn clerk(&self) -> Option<&clerk::ClerkVerifier> {
+        self.clerk.as_ref()
+    }
+
+    /// Authenticates a request from its headers.
+    pub async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, AuthError> {
+        let token = token::bearer_token(headers)?;
+        let unverified = token::inspect(token)?;
+        if GOOGLE_ISSUERS.contains(&unverified.iss.as_str()) {
+            return match &self.google {
+                Some(v) => v.verify(token, &unverified.kid).await,
+                None => Err(AuthError::InvalidToken(
+                    "Google tokens are not accepted here",
+                )),
+            };
+        }
+        match &self.clerk {
+            Some(v) if v.issuer() == unverified.iss => v.verify(token, &unverified.kid).await,
+            _ => Err(AuthError::InvalidToken("issuer not accepted")),
+        }
+    }
+}
+
+/// Verifies the signature (first), then `exp`/`nbf`/`iss`/`aud` as the
+/// validation says, then deserialises the claims.
+fn verify_signature<C: DeserializeOwned>(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+    validation: &jsonwebtoken::Validation,
+) -> Result<C, AuthError> {
+    jsonwebtoken::decode::<C>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|err| {
+            AuthError::InvalidToken(match err.kind() {
+                ErrorKind::InvalidSignature => "bad signature",
+                ErrorKind::ExpiredSignature => "token has expired",
+                ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
+                ErrorKind::InvalidAudience => "audience not accepted (check GOOGLE_AUDIENCES)",
+                ErrorKind::InvalidIssuer => "issuer not accepted",
+                ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                    "exp" => "token has no exp",
+                    "nbf" => "token has no nbf",
+                    "aud" => "token has no aud",
+                    "sub" => "token has no sub",
+                    _ => "token lacks a required claim",
+                },
+                ErrorKind::InvalidAlgorithm => "algorithm not allowed (only RS256)",
+                ErrorKind::Json(_) => "token claims have the wrong types",
+                ErrorKind::InvalidClaimFormat(_) => "token claims have the wrong types",
+                _ => "token could not be verified",
+            })
+        })
+}
+
+/// Any verified caller. Add this parameter to a handler to require
+/// authentication; the handler then knows who called.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+/// A caller allowed to run jobs (see [`Principal::check_trigger`]).
+#[derive(Debug, Clone)]
+pub struct CanTrigger(pub Principal);
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = crate::http::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanTrigger
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = crate::http::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_trigger(&state.config.trigger)?;
+        Ok(Self(principal))
+    }
+}

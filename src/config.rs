@@ -1,0 +1,535 @@
+//! Configuration: parsed and validated once, at start-up, from flags and the
+//! environment.
+//!
+//! Every setting is an environment variable (the way Cloud Run passes
+//! configuration) and also a flag of `pushworker serve`. [`ServeArgs`] is the raw
+//! clap surface; [`Config::from_args`] turns it into a validated [`Config`] or an
+//! error that names the variable and says what to fix. Nothing later in the
+//! program re-reads the environment.
+//!
+//! Nothing secret is printed: [`Config`] implements `Debug` by hand and the
+//! only secret-like values (a PEM key, later a database URL) are shown as
+//! `<set>`/`<unset>`.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::Args;
+
+use crate::auth::dev::DevIdentity;
+
+/// The default JWKS of Google's OIDC tokens.
+pub const GOOGLE_JWKS_DEFAULT: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// The issuers Google puts in its ID tokens (both spellings are in use).
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// Flags and environment variables of `pushworker serve` (and of the commands
+/// that need the same settings, such as `dev-token`).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Defaults to 0.0.0.0, or 127.0.0.1 in dev mode.
+    #[arg(long, env = "HOST")]
+    pub host: Option<IpAddr>,
+
+    /// Port to listen on (Cloud Run sets it).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Accepted `aud` values for Google tokens (comma list): the push
+    /// subscription's / Scheduler job's configured audience.
+    #[arg(long, env = "GOOGLE_AUDIENCES", value_delimiter = ',')]
+    pub google_audiences: Vec<String>,
+
+    /// Service-account emails allowed in with a Google token (comma list, exact
+    /// match).
+    #[arg(long, env = "GOOGLE_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub google_service_accounts: Vec<String>,
+
+    /// Where Google's signing keys are fetched: an https URL or `file://PATH`.
+    #[arg(long, env = "GOOGLE_JWKS_URL")]
+    pub google_jwks_url: Option<String>,
+
+    /// The Clerk instance's Frontend API URL, e.g. `https://clerk.example.com`.
+    #[arg(long, env = "CLERK_ISSUER")]
+    pub clerk_issuer: Option<String>,
+
+    /// Clerk publishable key (`pk_test_…`/`pk_live_…`); the issuer is derived
+    /// from it when `CLERK_ISSUER` is unset.
+    #[arg(long, env = "CLERK_PUBLISHABLE_KEY")]
+    pub clerk_publishable_key: Option<String>,
+
+    /// Where Clerk's signing keys are fetched (default
+    /// `$CLERK_ISSUER/.well-known/jwks.json`); also `file://PATH`.
+    #[arg(long, env = "CLERK_JWKS_URL")]
+    pub clerk_jwks_url: Option<String>,
+
+    /// PEM public key of the Clerk instance: verify Clerk tokens with no
+    /// network at all (takes precedence over `CLERK_JWKS_URL`).
+    #[arg(long, env = "CLERK_JWT_KEY", hide_env_values = true)]
+    pub clerk_jwt_key: Option<String>,
+
+    /// Allowed `azp` origins of Clerk tokens (comma list).
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
+    pub clerk_authorized_parties: Vec<String>,
+
+    /// Clock skew allowed on exp/nbf/iat, in seconds (at most 60).
+    #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5)]
+    pub auth_leeway_secs: u64,
+
+    /// Clerk permission that allows triggering jobs (and posting envelopes).
+    #[arg(long, env = "TRIGGER_PERMISSION", default_value = "org:jobs:trigger")]
+    pub trigger_permission: String,
+
+    /// Clerk organization roles that may trigger jobs even without the
+    /// permission (comma list, e.g. `org:admin`; empty by default).
+    #[arg(long, env = "TRIGGER_ROLES", value_delimiter = ',')]
+    pub trigger_roles: Vec<String>,
+
+    /// Message attribute that names the job on `POST /pubsub/push`.
+    #[arg(long, env = "JOB_ATTRIBUTE", default_value = "job")]
+    pub job_attribute: String,
+
+    /// Longest a job may run, in seconds, before it is cancelled and the
+    /// request answered 504 (a nack on the push path). Keep it below the
+    /// subscription's ack deadline.
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 60)]
+    pub job_timeout_secs: u64,
+
+    /// Shortest time signing keys are cached, whatever `Cache-Control` says.
+    #[arg(long, env = "JWKS_MIN_TTL_SECS", default_value_t = 60)]
+    pub jwks_min_ttl_secs: u64,
+
+    /// Longest time signing keys are cached, whatever `Cache-Control` says.
+    #[arg(long, env = "JWKS_MAX_TTL_SECS", default_value_t = 86_400)]
+    pub jwks_max_ttl_secs: u64,
+
+    /// Least time between two key fetches that are not due to expiry (unknown
+    /// `kid`, retry after a failure), in milliseconds.
+    #[arg(long, env = "JWKS_REFRESH_COOLDOWN_MS", default_value_t = 10_000)]
+    pub jwks_refresh_cooldown_ms: u64,
+
+    /// How long the last good keys keep serving after their TTL when
+    /// refreshes fail, in seconds.
+    #[arg(long, env = "JWKS_MAX_STALE_SECS", default_value_t = 21_600)]
+    pub jwks_max_stale_secs: u64,
+
+    /// Timeout of one key fetch (connect and body), in milliseconds.
+    #[arg(long, env = "JWKS_FETCH_TIMEOUT_MS", default_value_t = 3_000)]
+    pub jwks_fetch_timeout_ms: u64,
+
+    /// Hosts (`host` or `host:port`) the example `webhook` job may call (comma
+    /// list). Empty: the job refuses every URL.
+    #[arg(long, env = "WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub webhook_allowed_hosts: Vec<String>,
+
+    /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
+    /// Run (`K_SERVICE` set), text elsewhere.
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Development mode: trust a local signing key (created on first use in
+    /// `DEV_DIR`) as both a Google-like and a Clerk-like issuer. Refused on
+    /// Cloud Run.
+    #[arg(long, env = "PUSHWORKER_DEV", default_value_t = false)]
+    pub dev: bool,
+
+    /// Folder of the development signing key (git-ignored).
+    #[arg(long, env = "DEV_DIR", default_value = ".pushworker-dev")]
+    pub dev_dir: PathBuf,
+
+    /// Set by Cloud Run; dev mode refuses to start when it is present.
+    #[arg(long, env = "K_SERVICE", hide = true)]
+    pub k_service: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, in Cloud Logging's format.
+    Json,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document over HTTP(S).
+    Url(String),
+    /// A JWKS document on disk (`file://PATH`).
+    File(PathBuf),
+    /// One PEM public key (`CLERK_JWT_KEY`): no network, any `kid`.
+    Pem(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(u) => write!(f, "{u}"),
+            Self::File(p) => write!(f, "file://{}", p.display()),
+            Self::Pem(_) => write!(f, "<PEM key set>"),
+        }
+    }
+}
+
+/// Settings of the key cache, shared by both issuers.
+#[derive(Debug, Clone)]
+pub struct KeyCacheConfig {
+    /// Lower clamp of the `Cache-Control: max-age` TTL.
+    pub min_ttl: Duration,
+    /// Upper clamp of the TTL.
+    pub max_ttl: Duration,
+    /// Least time between fetches not due to expiry.
+    pub refresh_cooldown: Duration,
+    /// How long stale keys serve while refreshes fail.
+    pub max_stale: Duration,
+    /// Timeout of one fetch.
+    pub fetch_timeout: Duration,
+}
+
+/// Google issuer settings.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed service-account emails.
+    pub service_accounts: Vec<String>,
+    /// Key source.
+    pub keys: KeySource,
+}
+
+/// Clerk issuer settings.
+#[derive(Debug, Clone)]
+pub struct ClerkConfig {
+    /// The instance's Frontend API URL, exactly as in `iss`.
+    pub issuer: String,
+    /// Allowed `azp` origins.
+    pub authorized_parties: Vec<String>,
+    /// Key source.
+    pub keys: KeySource,
+    /// The publishable key, when given (the admin page needs it).
+    pub publishable_key: Option<String>,
+}
+
+/// Who may trigger jobs by hand.
+#[derive(Debug, Clone)]
+pub struct TriggerPolicy {
+    /// The Clerk permission that allows it.
+    pub permission: String,
+    /// Roles that allow it without the permission.
+    pub roles: Vec<String>,
+}
+
+/// The validated configuration of a running worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port (0 picks a free one, as tests do).
+    pub port: u16,
+    /// Google issuer, if configured.
+    pub google: Option<GoogleConfig>,
+    /// Clerk issuer, if configured.
+    pub clerk: Option<ClerkConfig>,
+    /// Clock skew allowed on time claims.
+    pub leeway: Duration,
+    /// Manual-trigger policy.
+    pub trigger: TriggerPolicy,
+    /// Attribute naming the job.
+    pub job_attribute: String,
+    /// Job timeout.
+    pub job_timeout: Duration,
+    /// Key cache settings.
+    pub key_cache: KeyCacheConfig,
+    /// Hosts the webhook job may call.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whether the development identity is trusted.
+    pub dev_mode: bool,
+}
+
+fn clean_list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn key_source(var: &str, value: &str) -> anyhow::Result<KeySource> {
+    if let Some(path) = value.strip_prefix("file://") {
+        if path.is_empty() {
+            bail!("{var}: `file://` needs a path, e.g. file:///etc/keys/jwks.json");
+        }
+        return Ok(KeySource::File(PathBuf::from(path)));
+    }
+    let url = reqwest::Url::parse(value)
+        .with_context(|| format!("{var}: `{value}` is not a URL (use https://… or file://PATH)"))?;
+    match url.scheme() {
+        "https" => Ok(KeySource::Url(value.to_owned())),
+        "http" if is_loopback_url(&url) => Ok(KeySource::Url(value.to_owned())),
+        "http" => {
+            bail!("{var}: keys must be fetched over https (plain http is allowed only on loopback)")
+        }
+        other => bail!("{var}: unsupported scheme `{other}` (use https://… or file://PATH)"),
+    }
+}
+
+fn is_loopback_url(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Derives the Frontend API URL from a Clerk publishable key:
+/// `pk_test_`/`pk_live_` + base64 of `"<frontend-api-host>$"`.
+pub fn issuer_from_publishable_key(key: &str) -> anyhow::Result<String> {
+    let encoded = key
+        .strip_prefix("pk_test_")
+        .or_else(|| key.strip_prefix("pk_live_"))
+        .context("CLERK_PUBLISHABLE_KEY: must start with pk_test_ or pk_live_")?;
+    let trimmed = encoded.trim_end_matches('=');
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .context("CLERK_PUBLISHABLE_KEY: the part after pk_…_ is not base64 text")?;
+    let host = decoded
+        .strip_suffix('$')
+        .context("CLERK_PUBLISHABLE_KEY: decoded value does not end with `$`; copy the key again from Clerk's dashboard")?;
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        bail!("CLERK_PUBLISHABLE_KEY: decoded host `{host}` is not a host name");
+    }
+    Ok(format!("https://{host}"))
+}
+
+impl Config {
+    /// Validates raw arguments into a [`Config`]. In dev mode this also
+    /// creates (or loads) the development identity and fills every unset
+    /// issuer setting from it.
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        if args.dev && args.k_service.is_some() {
+            bail!(
+                "PUSHWORKER_DEV: development mode trusts a local key and must not run on Cloud Run (K_SERVICE is set); unset PUSHWORKER_DEV / --dev"
+            );
+        }
+        if args.auth_leeway_secs > 60 {
+            bail!(
+                "AUTH_LEEWAY_SECS: {} is too large; clock skew allowance must be at most 60 seconds",
+                args.auth_leeway_secs
+            );
+        }
+        if args.job_timeout_secs == 0 || args.job_timeout_secs > 3600 {
+            bail!(
+                "JOB_TIMEOUT_SECS: {} is out of range; use 1 to 3600 (and keep it below the subscription's ack deadline)",
+                args.job_timeout_secs
+            );
+        }
+        if args.jwks_min_ttl_secs > args.jwks_max_ttl_secs {
+            bail!(
+                "JWKS_MIN_TTL_SECS: {} is above JWKS_MAX_TTL_SECS ({}); the floor must not exceed the ceiling",
+                args.jwks_min_ttl_secs,
+                args.jwks_max_ttl_secs
+            );
+        }
+        if args.jwks_fetch_timeout_ms == 0 || args.jwks_fetch_timeout_ms > 60_000 {
+            bail!(
+                "JWKS_FETCH_TIMEOUT_MS: {} is out of range; use 1 to 60000",
+                args.jwks_fetch_timeout_ms
+            );
+        }
+        if args.trigger_permission.trim().is_empty() {
+            bail!("TRIGGER_PERMISSION: must not be empty (e.g. org:jobs:trigger)");
+        }
+        if args.job_attribute.trim().is_empty() {
+            bail!("JOB_ATTRIBUTE: must not be empty (e.g. job)");
+        }
+
+        let dev = if args.dev {
+            Some(DevIdentity::load_or_create(&args.dev_dir).with_context(|| {
+                format!(
+                    "DEV_DIR: cannot create or read the development key in `{}`",
+                    args.dev_dir.display()
+                )
+            })?)
+        } else {
+            None
+        };
+        let dev_jwks = dev
+            .as_ref()
+            .map(|d| format!("file://{}", d.jwks_path().display()));
+        let port = args.port;
+
+        let mut audiences = clean_list(&args.google_audiences);
+        let mut service_accounts = clean_list(&args.google_service_accounts);
+        if dev.is_some() {
+            if audiences.is_empty() {
+                audiences.push(DevIdentity::GOOGLE_AUDIENCE.to_owned());
+            }
+            if service_accounts.is_empty() {
+                service_accounts.push(DevIdentity::SERVICE_ACCOUNT.to_owned());
+            }
+        }
+        let google_jwks = args
+            .google_jwks_url
+            .clone()
+            .or_else(|| dev_jwks.clone())
+            .unwrap_or_else(|| GOOGLE_JWKS_DEFAULT.to_owned());
+        let google = match (audiences.is_empty(), service_accounts.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(GoogleConfig {
+                audiences,
+                service_accounts,
+                keys: key_source("GOOGLE_JWKS_URL", &google_jwks)?,
+            }),
+            (true, false) => bail!(
+                "GOOGLE_AUDIENCES: must be set when GOOGLE_SERVICE_ACCOUNTS is (the audience configured on the push subscription)"
+            ),
+            (false, true) => bail!(
+                "GOOGLE_SERVICE_ACCOUNTS: must be set when GOOGLE_AUDIENCES is (the push subscription's service-account email)"
+            ),
+        };
+        if let Some(g) = &google {
+            for sa in &g.service_accounts {
+                if !sa.contains('@') {
+                    bail!("GOOGLE_SERVICE_ACCOUNTS: `{sa}` is not an email address");
+                }
+            }
+        }
+
+        let issuer = match (&args.clerk_issuer, &args.clerk_publishable_key) {
+            (Some(iss), _) if !iss.trim().is_empty() => Some(iss.trim().to_owned()),
+            (_, Some(pk)) if !pk.trim().is_empty() => Some(issuer_from_publishable_key(pk.trim())?),
+            _ => dev.as_ref().map(|_| DevIdentity::CLERK_ISSUER.to_owned()),
+        };
+        let clerk = match issuer {
+            None => None,
+            Some(issuer) => {
+                let parsed = reqwest::Url::parse(&issuer).with_context(|| {
+                    format!("CLERK_ISSUER: `{issuer}` is not a URL (expected e.g. https://clerk.example.com)")
+                })?;
+                if parsed.scheme() != "https" && !is_loopback_url(&parsed) {
+                    bail!("CLERK_ISSUER: `{issuer}` must be an https URL");
+                }
+                if issuer.ends_with('/') {
+                    bail!(
+                        "CLERK_ISSUER: `{issuer}` must not end with `/` (it must equal the tokens' iss exactly)"
+                    );
+                }
+                let mut parties = clean_list(&args.clerk_authorized_parties);
+                if dev.is_some() && parties.is_empty() {
+                    parties = DevIdentity::authorized_parties(port);
+                }
+                if parties.is_empty() {
+                    bail!(
+                        "CLERK_AUTHORIZED_PARTIES: must list the origins of your admin page (e.g. https://admin.example.com) when a Clerk issuer is configured"
+                    );
+                }
+                let keys = if let Some(pem) = args
+                    .clerk_jwt_key
+                    .as_deref()
+                    .filter(|p| !p.trim().is_empty())
+                {
+                    let pem = pem.replace("\\n", "\n");
+                    jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+                        anyhow::anyhow!("CLERK_JWT_KEY: not a PEM RSA public key (copy the PEM from Clerk's dashboard, API keys → JWT public key)")
+                    })?;
+                    KeySource::Pem(pem)
+                } else {
+                    let url = args
+                        .clerk_jwks_url
+                        .clone()
+                        .or_else(|| {
+                            if args.clerk_issuer.is_none() && args.clerk_publishable_key.is_none() {
+                                dev_jwks.clone()
+                            } else {
+                                None
+                            }
+                        })
+                        .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
+                    key_source("CLERK_JWKS_URL", &url)?
+                };
+                Some(ClerkConfig {
+                    issuer,
+                    authorized_parties: parties,
+                    keys,
+                    publishable_key: args.clerk_publishable_key.clone(),
+                })
+            }
+        };
+
+        let host = args.host.unwrap_or(if args.dev {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        });
+        let log_format = args.log_format.unwrap_or(if args.k_service.is_some() {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        });
+
+        Ok(Self {
+            host,
+            port,
+            google,
+            clerk,
+            leeway: Duration::from_secs(args.auth_leeway_secs),
+            trigger: TriggerPolicy {
+                permission: args.trigger_permission.trim().to_owned(),
+                roles: clean_list(&args.trigger_roles),
+            },
+            job_attribute: args.job_attribute.trim().to_owned(),
+            job_timeout: Duration::from_secs(args.job_timeout_secs),
+            key_cache: KeyCacheConfig {
+                min_ttl: Duration::from_secs(args.jwks_min_ttl_secs),
+                max_ttl: Duration::from_secs(args.jwks_max_ttl_secs),
+                refresh_cooldown: Duration::from_millis(args.jwks_refresh_cooldown_ms),
+                max_stale: Duration::from_secs(args.jwks_max_stale_secs),
+                fetch_timeout: Duration::from_millis(args.jwks_fetch_timeout_ms),
+            },
+            webhook_allowed_hosts: clean_list(&args.webhook_allowed_hosts),
+            log_format,
+            dev_mode: args.dev,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishable_key_yields_frontend_api() {
+        let pk = format!(
+            "pk_test_{}",
+            base64::engine::general_purpose::STANDARD.encode("clerk.example.com$")
+        );
+        assert_eq!(
+            issuer_from_publishable_key(&pk).unwrap(),
+            "https://clerk.example.com"
+        );
+    }
+
+    #[test]
+    fn bad_publishable_keys_say_what_is_wrong() {
+        for (key, expect) in [
+            ("sk_test_abc", "must start with pk_test_"),
+            ("pk_test_!!!", "not base64"),
+            ("pk_live_Y2xlcmsuZXhhbXBsZS5jb20", "does not end with `$`"),
+        ] {
+            let err = issuer_from_publishable_key(key).unwrap_err().to_string();
+            assert!(err.contains(expect), "{key}: {err}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The one error type of the HTTP surface, and its mapping to responses.
+//!
+//! Every variant has one status ([`Error::status_code`]). Client errors carry a
+//! stable machine-readable `error` code and a message that says what to fix;
+//! 5xx bodies are opaque and the cause is logged once, here. Authentication
+//! failures follow RFC 6750: `WWW-Authenticate: Bearer` with `invalid_token`,
+//! `invalid_request` or `insufficient_scope`, and `Retry-After` on 503.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{auth::AuthError, jobs::DispatchError, pubsub::EnvelopeError};
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Authentication or authorization failed: 400, 401, 403 or 503.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A push body that is not a usable delivery: 400 (413 when too large).
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// A push that names no job: 422.
+    #[error(
+        "message names no job: set the `{attribute}` attribute or push to /pubsub/push/{{job}}"
+    )]
+    NoJob {
+        /// The attribute that names jobs.
+        attribute: String,
+    },
+    /// Dispatching a job failed (see [`DispatchError`] for each status).
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The body is over the limit: 413.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Could not read the body: 400.
+    #[error("could not read the request body")]
+    BadBody,
+    /// A resource that does not exist: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Anything unexpected: 500, opaque.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// The HTTP status of this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Auth(
+                AuthError::MissingToken | AuthError::WrongScheme | AuthError::InvalidToken(_),
+            ) => StatusCode::UNAUTHORIZED,
+            Self::Auth(AuthError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
+            Self::Auth(AuthError::InsufficientScope(_)) => StatusCode::FORBIDDEN,
+            Self::Auth(AuthError::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Envelope(EnvelopeError::TooLarge) | Self::PayloadTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::Envelope(_) | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::NoJob { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Dispatch(d) => dispatch_status(d),
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `error` code of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(AuthError::MissingToken | AuthError::WrongScheme) => "unauthorized",
+            Self::Auth(AuthError::InvalidRequest(_)) => "invalid_request",
+            Self::Auth(AuthError::InvalidToken(_)) => "invalid_token",
+            Self::Auth(AuthError::InsufficientScope(_)) => "insufficient_scope",
+            Self::Auth(AuthError::KeysUnavailable(_)) => "keys_unavailable",
+            Self::Envelope(EnvelopeError::TooLarge) | Self::PayloadTooLarge(_) => {
+                "payload_too_large"
+            }
+            Self::Envelope(_) => "invalid_envelope",
+            Self::BadBody => "bad_body",
+            Self::NoJob { .. } => "no_job",
+            Self::Dispatch(d) => d.kind(),
+            Self::NotFound(_) => "not_found",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The status a dispatch failure answers with. Every one is a nack on the
+/// push path; permanent ones are 4xx so they read as the caller's problem.
+pub fn dispatch_status(err: &DispatchError) -> StatusCode {
+    match err {
+        DispatchError::UnknownJob(_) => StatusCode::NOT_FOUND,
+        DispatchError::NotJson { .. } => StatusCode::BAD_REQUEST,
+        DispatchError::InvalidPayload { .. } | DispatchError::Permanent(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DispatchError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
+        DispatchError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        DispatchError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn challenge(error: Option<&str>, description: Option<&str>) -> HeaderValue {
+    let mut value = String::from("Bearer");
+    if let Some(error) = error {
+        value.push_str(&format!(" error=\"{error}\""));
+        if let Some(d) = description {
+            // Descriptions are our own fixed strings; keep them header-safe.
+            let d: String = d
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && c.is_ascii())
+                .collect();
+            value.push_str(&format!(", error_description=\"{d}\""));
+        }
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let code = self.code();
+        let mut body = json!({ "error": code });
+        if status.is_server_error() {
+            // Opaque to the client; the cause is logged once, here.
+            match &self {
+                Self::Auth(e) => {
+                    tracing::warn!(error = %e, "answered 503: signing keys unavailable")
+                }
+                Self::Dispatch(DispatchError::Transient(_) | DispatchError::Timeout(_)) => {
+                    tracing::warn!(error = %self, "answered {status}: job failed transiently");
+                }
+                _ => tracing::error!(error = %format!("{self:#}"), "answered {status}"),
+            }
+            body["message"] = json!(match &self {
+                Self::Auth(_) => "signing keys are unavailable; retry later",
+                Self::Dispatch(DispatchError::Transient(_)) =>
+                    "the job failed with a transient error; retry later",
+                Self::Dispatch(DispatchError::Timeout(_)) => "the job timed out",
+                _ => "internal error",
+            });
+        } else {
+            body["message"] = json!(self.to_string());
+            if let Self::Dispatch(DispatchError::InvalidPayload { path, message, .. }) = &self {
+                body["path"] = json!(path);
+                body["detail"] = json!(message);
+            }
+            if let Self::Auth(e) = &self {
+                tracing::debug!(error = %e, status = status.as_u16(), "request refused");
+            }
+        }
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Auth(AuthError::MissingToken | AuthError::WrongScheme) => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge(None, None));
+            }
+            Self::Auth(AuthError::InvalidToken(d)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    challenge(Some("invalid_token"), Some(d)),
+                );
+            }
+            Self::Auth(AuthError::InvalidRequest(d)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    challenge(Some("invalid_request"), Some(d)),
+                );
+            }
+            Self::Auth(AuthError::InsufficientScope(d)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    challenge(Some("insufficient_scope"), Some(d)),
+                );
+            }
+            Self::Auth(AuthError::KeysUnavailable(_))
+            | Self::Dispatch(DispatchError::Transient(_)) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,48 @@
+//! The HTTP surface: shared state, the router, the error type and one module
+//! per resource, each exporting its own `router()`.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `GET /healthz` | anyone | liveness |
+//! | `GET /readyz` | anyone | keys loaded for every configured issuer |
+//! | `GET /auth/whoami` | any verified caller | the principal, and whether it may trigger |
+//! | `GET /jobs` | any verified caller | jobs with description and payload schema |
+//! | `POST /jobs/{name}` | trigger permission / allowed service account | run a job by hand |
+//! | `POST /pubsub/push[/{job}]` | allowed service account / trigger permission | Pub/Sub push |
+
+mod error;
+mod health;
+mod jobs;
+mod push;
+mod whoami;
+
+use std::sync::Arc;
+
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::{Error, dispatch_status};
+
+use crate::{auth::Authenticator, config::Config, jobs::JobRegistry};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The authentication core.
+    pub auth: Arc<Authenticator>,
+    /// The jobs.
+    pub jobs: Arc<JobRegistry>,
+}
+
+/// The application's router over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(whoami::router())
+        .merge(jobs::router())
+        .merge(push::router())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

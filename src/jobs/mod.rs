@@ -1,0 +1,344 @@
+//! Typed jobs and the registry that dispatches to them by name.
+//!
+//! A job is a type implementing [`Job`]: a name, a description, a serde
+//! payload with a JSON Schema, and an async `run` that returns an output or a
+//! [`JobError`] saying whether a retry could help. The same handler runs for a
+//! Pub/Sub push, a manual trigger from the admin page, and a Cloud Scheduler /
+//! Cloud Tasks call; the [`JobContext`] says which.
+//!
+//! Adding a job is one file and one line: write `src/jobs/my_job.rs`, then add
+//! `.register(my_job::MyJob::new(..))` in [`JobRegistry::builtin`].
+//!
+//! [`JobRegistry::dispatch`] runs a job in its own task, so a panic becomes a
+//! 500 for that request and the server keeps serving; it enforces the job
+//! timeout and cancels the job's [`CancellationToken`] when the timeout fires
+//! or the request goes away.
+
+pub mod echo;
+pub mod sleep;
+pub mod webhook;
+
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use schemars::JsonSchema;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{auth::Principal, pubsub::MessageMeta};
+
+/// Where a run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSource {
+    /// A Pub/Sub push delivery.
+    Push,
+    /// A person, from the admin page or the API.
+    Manual,
+    /// A service (Cloud Scheduler, Cloud Tasks) calling `POST /jobs/{name}`.
+    Service,
+}
+
+impl RunSource {
+    /// The source's name in logs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Manual => "manual",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// What a job knows about its run.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// This run's id.
+    pub run_id: Uuid,
+    /// Where the run came from.
+    pub source: RunSource,
+    /// Who asked for it.
+    pub principal: Arc<Principal>,
+    /// The Pub/Sub message, on the push path.
+    pub message: Option<Arc<MessageMeta>>,
+    /// Delivery attempt (1 on the first; Pub/Sub's `deliveryAttempt` when it
+    /// sends one).
+    pub attempt: u32,
+    /// Cancelled when the job times out, the request goes away or the server
+    /// shuts down past its grace period. Long jobs should watch it.
+    pub cancel: CancellationToken,
+}
+
+/// A job's failure, classified for retry.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Could succeed on a later attempt (a dependency down, a timeout, 5xx):
+    /// the push is nacked and Pub/Sub redelivers.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail the same way every time (bad input, 4xx from a dependency):
+    /// never retried into success; dead-lettered.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// A typed job.
+pub trait Job: Send + Sync + 'static {
+    /// The job's name: the `job` attribute, the path segment, the registry key.
+    const NAME: &'static str;
+    /// One line for the admin page and `GET /jobs`.
+    const DESCRIPTION: &'static str;
+    /// The payload, decoded from the message data or the request body.
+    type Payload: DeserializeOwned + JsonSchema + Send + 'static;
+    /// What a successful run returns (shown to manual callers).
+    type Output: Serialize + Send + 'static;
+
+    /// Runs the job.
+    fn run(
+        &self,
+        payload: Self::Payload,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
+}
+
+/// Why a dispatch did not produce an output.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No job of that name.
+    #[error("unknown job `{0}`")]
+    UnknownJob(String),
+    /// The data is not JSON.
+    #[error("payload is not valid JSON: {message}")]
+    NotJson {
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// The JSON does not fit the job's payload type.
+    #[error("payload does not fit job `{job}` at `{path}`: {message}")]
+    InvalidPayload {
+        /// The job.
+        job: String,
+        /// Path of the failing field (`.` for the root).
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// The job failed and a retry may help.
+    #[error("job failed (transient): {0}")]
+    Transient(String),
+    /// The job failed for good.
+    #[error("job failed (permanent): {0}")]
+    Permanent(String),
+    /// The job ran past the timeout and was cancelled.
+    #[error("job timed out after {0:?}")]
+    Timeout(Duration),
+    /// The job panicked.
+    #[error("job panicked")]
+    Panicked,
+}
+
+impl DispatchError {
+    /// Whether a redelivery could succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownJob(_)
+                | Self::NotJson { .. }
+                | Self::InvalidPayload { .. }
+                | Self::Permanent(_)
+        )
+    }
+
+    /// Machine-readable kind, for bodies, logs and dead-letter attributes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownJob(_) => "unknown_job",
+            Self::NotJson { .. } => "payload_not_json",
+            Self::InvalidPayload { .. } => "invalid_payload",
+            Self::Transient(_) => "job_failed_transient",
+            Self::Permanent(_) => "job_failed_permanent",
+            Self::Timeout(_) => "job_timeout",
+            Self::Panicked => "job_panicked",
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A job with its types erased, as the registry stores it.
+trait ErasedJob: Send + Sync {
+    fn description(&self) -> &'static str;
+    fn schema(&self) -> serde_json::Value;
+    fn start(
+        &self,
+        payload: &[u8],
+        ctx: JobContext,
+    ) -> Result<BoxFuture<Result<serde_json::Value, JobError>>, DispatchError>;
+}
+
+struct Erased<J: Job>(Arc<J>);
+
+/// Deserialises `bytes` as `T`, naming the failing field's path.
+pub fn decode_payload<T: DeserializeOwned>(job: &str, bytes: &[u8]) -> Result<T, DispatchError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    match result {
+        Ok(value) => {
+            de.end().map_err(|e| DispatchError::NotJson {
+                message: e.to_string(),
+            })?;
+            Ok(value)
+        }
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(DispatchError::NotJson {
+                    message: inner.to_string(),
+                })
+            } else {
+                Err(DispatchError::InvalidPayload {
+                    job: job.to_owned(),
+                    path,
+                    message: strip_position(&inner.to_string()),
+                })
+            }
+        }
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+impl<J: Job> ErasedJob for Erased<J> {
+    fn description(&self) -> &'static str {
+        J::DESCRIPTION
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(J::Payload)).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn start(
+        &self,
+        payload: &[u8],
+        ctx: JobContext,
+    ) -> Result<BoxFuture<Result<serde_json::Value, JobError>>, DispatchError> {
+        let payload: J::Payload = decode_payload(J::NAME, payload)?;
+        let job = Arc::clone(&self.0);
+        Ok(Box::pin(async move {
+            let output = job.run(payload, ctx).await?;
+            serde_json::to_value(output)
+                .map_err(|e| JobError::Permanent(format!("output is not serialisable: {e}")))
+        }))
+    }
+}
+
+/// A job's public description (`GET /jobs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    /// The job's name.
+    pub name: &'static str,
+    /// One line about it.
+    pub description: &'static str,
+    /// JSON Schema of its payload.
+    pub payload_schema: serde_json::Value,
+}
+
+/// The jobs by name.
+#[derive(Clone, Default)]
+pub struct JobRegistry {
+    jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
+}
+
+impl std::fmt::Debug for JobRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.jobs.keys()).finish()
+    }
+}
+
+/// What the built-in jobs need from the outside.
+#[derive(Debug, Clone)]
+pub struct JobDeps {
+    /// Shared HTTP client.
+    pub http: reqwest::Client,
+    /// Hosts the webhook job may call.
+    pub webhook_allowed_hosts: Vec<String>,
+}
+
+impl JobRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The jobs that ship with pushworker.
+    pub fn builtin(deps: &JobDeps) -> Self {
+        Self::new()
+            .register(echo::Echo)
+            .register(sleep::Sleep)
+            .register(webhook::Webhook::new(
+                deps.http.clone(),
+                deps.webhook_allowed_hosts.clone(),
+            ))
+    }
+
+    /// Adds a job. A second job of the same name replaces the first.
+    pub fn register<J: Job>(mut self, job: J) -> Self {
+        self.jobs.insert(J::NAME, Arc::new(Erased(Arc::new(job))));
+        self
+    }
+
+    /// Whether a job of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.jobs.contains_key(name)
+    }
+
+    /// The jobs, sorted by name.
+    pub fn list(&self) -> Vec<JobInfo> {
+        self.jobs
+            .iter()
+            .map(|(name, job)| JobInfo {
+                name,
+                description: job.description(),
+                payload_schema: job.schema(),
+            })
+            .collect()
+    }
+
+    /// Decodes `payload` for job `name` and runs it in its own task, within
+    /// `timeout`. A panic or a timeout is an error, not a crash; dropping the
+    /// returned future (the client went away) cancels the job's token.
+    pub async fn dispatch(
+        &self,
+        name: &str,
+        payload: &[u8],
+        ctx: JobContext,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, DispatchError> {
+        let job = self
+            .jobs
+            .get(name)
+            .ok_or_else(|| DispatchError::UnknownJob(name.to_owned()))?;
+        let cancel = ctx.cancel.clone();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let future = job.start(payload, ctx)?;
+        let mut handle = tokio::spawn(future);
+        match tokio::time::timeout(timeout, &mut handle).await {
+            Ok(Ok(Ok(output))) => Ok(output),
+            Ok(Ok(Err(JobError::Transient(e)))) => Err(DispatchError::Transient(e)),
+            Ok(Ok(Err(JobError::Permanent(e)))) => Err(DispatchError::Permanent(e)),
+            Ok(Err(join)) if join.is_panic() => Err(DispatchError::Panicked),
+            Ok(Err(_)) => Err(DispatchError::Transient("job was cancelled".into())),
+            Err(_) => {
+                cancel.cancel();
+                handle.abort();
+                Err(DispatchError::Timeout(timeout))
+            }
+        }
+    }
+}

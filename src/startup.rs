@@ -1,0 +1,117 @@
+//! Building and running the application: [`Application::build`] validates
+//! nothing further (the [`Config`] is already valid), wires the state, starts
+//! prefetching keys and binds the listener (port 0 picks a free port, as tests
+//! do); [`Application::run`] serves until the shutdown future completes.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::{Authenticator, clerk::ClerkVerifier, google::GoogleVerifier, keys::KeyCache},
+    config::Config,
+    http::{AppState, router},
+    jobs::{JobDeps, JobRegistry},
+};
+
+/// A bound, ready-to-serve worker.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client shared by key fetches and jobs.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("pushworker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+impl Application {
+    /// Builds the worker with the built-in jobs.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_jobs(config, None).await
+    }
+
+    /// Builds the worker with `jobs` instead of the built-in ones (tests
+    /// register jobs that fail on purpose).
+    pub async fn build_with_jobs(
+        config: Config,
+        jobs: Option<JobRegistry>,
+    ) -> anyhow::Result<Self> {
+        let http = http_client()?;
+        let google = config.google.clone().map(|g| {
+            let keys = KeyCache::new(
+                "google",
+                g.keys.clone(),
+                http.clone(),
+                config.key_cache.clone(),
+            );
+            keys.prefetch();
+            GoogleVerifier::new(g, keys, config.leeway)
+        });
+        let clerk = config.clerk.clone().map(|c| {
+            let keys = KeyCache::new(
+                "clerk",
+                c.keys.clone(),
+                http.clone(),
+                config.key_cache.clone(),
+            );
+            keys.prefetch();
+            ClerkVerifier::new(c, keys, config.leeway)
+        });
+        let jobs = jobs.unwrap_or_else(|| {
+            JobRegistry::builtin(&JobDeps {
+                http: http.clone(),
+                webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
+            })
+        });
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("PORT: cannot listen on {addr}"))?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                config: Arc::new(config),
+                auth: Arc::new(Authenticator::new(google, clerk)),
+                jobs: Arc::new(jobs),
+            },
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (tests inspect key caches through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server error")
+    }
+}
