@@ -1,0 +1,257 @@
+//! The real `pushworker` binary: start-up validation of the configuration,
+//! and the development identity end to end (`serve --dev` + `dev-token`).
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pushworker");
+
+/// Runs `pushworker serve` with exactly these variables; returns (code, stderr).
+fn serve_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").env_clear().env("PORT", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            child.kill().ok();
+            let out = child.wait_with_output().unwrap();
+            return (None, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bad value stops start-up with a message naming the variable, and never
+/// prints a secret value.
+#[test]
+fn bad_configuration_names_the_variable() {
+    let secret_pem = "-----BEGIN PUBLIC KEY-----\nTOPSECRETGARBAGE\n-----END PUBLIC KEY-----";
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "leeway too large",
+            vec![("AUTH_LEEWAY_SECS", "120")],
+            "AUTH_LEEWAY_SECS",
+        ),
+        (
+            "leeway not a number",
+            vec![("AUTH_LEEWAY_SECS", "five")],
+            "AUTH_LEEWAY_SECS",
+        ),
+        (
+            "audience without accounts",
+            vec![("GOOGLE_AUDIENCES", "a")],
+            "GOOGLE_SERVICE_ACCOUNTS",
+        ),
+        (
+            "accounts without audience",
+            vec![("GOOGLE_SERVICE_ACCOUNTS", "a@b.iam.gserviceaccount.com")],
+            "GOOGLE_AUDIENCES",
+        ),
+        (
+            "account not an email",
+            vec![
+                ("GOOGLE_AUDIENCES", "a"),
+                ("GOOGLE_SERVICE_ACCOUNTS", "pusher"),
+            ],
+            "GOOGLE_SERVICE_ACCOUNTS",
+        ),
+        (
+            "JWKS over plain http",
+            vec![
+                ("GOOGLE_AUDIENCES", "a"),
+                ("GOOGLE_SERVICE_ACCOUNTS", "a@b.c"),
+                ("GOOGLE_JWKS_URL", "http://keys.example.com/certs"),
+            ],
+            "GOOGLE_JWKS_URL",
+        ),
+        (
+            "JWKS bad scheme",
+            vec![
+                ("GOOGLE_AUDIENCES", "a"),
+                ("GOOGLE_SERVICE_ACCOUNTS", "a@b.c"),
+                ("GOOGLE_JWKS_URL", "ftp://x/y"),
+            ],
+            "GOOGLE_JWKS_URL",
+        ),
+        (
+            "bad publishable key",
+            vec![("CLERK_PUBLISHABLE_KEY", "pk_live_%%%")],
+            "CLERK_PUBLISHABLE_KEY",
+        ),
+        (
+            "issuer without parties",
+            vec![("CLERK_ISSUER", "https://clerk.example.com")],
+            "CLERK_AUTHORIZED_PARTIES",
+        ),
+        (
+            "issuer with a slash",
+            vec![
+                ("CLERK_ISSUER", "https://clerk.example.com/"),
+                ("CLERK_AUTHORIZED_PARTIES", "https://a.example.com"),
+            ],
+            "CLERK_ISSUER",
+        ),
+        (
+            "bad PEM",
+            vec![
+                ("CLERK_ISSUER", "https://clerk.example.com"),
+                ("CLERK_AUTHORIZED_PARTIES", "https://a.example.com"),
+                ("CLERK_JWT_KEY", secret_pem),
+            ],
+            "CLERK_JWT_KEY",
+        ),
+        (
+            "dev mode on Cloud Run",
+            vec![("PUSHWORKER_DEV", "true"), ("K_SERVICE", "pushworker")],
+            "PUSHWORKER_DEV",
+        ),
+        (
+            "job timeout zero",
+            vec![("JOB_TIMEOUT_SECS", "0")],
+            "JOB_TIMEOUT_SECS",
+        ),
+        ("port out of range", vec![("PORT", "70000")], "PORT"),
+    ];
+    for (case, env, variable) in cases {
+        let (code, stderr) = serve_with(&env);
+        assert_eq!(
+            code,
+            Some(if variable == "PORT" || case.contains("not a number") {
+                2
+            } else {
+                1
+            }),
+            "{case}: {stderr}"
+        );
+        assert!(
+            stderr.contains(variable),
+            "{case}: message must name {variable}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("TOPSECRETGARBAGE"),
+            "{case}: a secret was printed: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+    }
+}
+
+/// `serve --dev` creates the key on first use; `dev-token` mints tokens it
+/// accepts, for both issuers; the dev key lives in a git-ignored folder.
+#[tokio::test]
+async fn dev_mode_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("pushworker-dev-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Command::new(BIN)
+        .args(["serve", "--dev", "--dev-dir"])
+        .arg(&dir)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "dev server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mint = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("dev-token")
+            .args(args)
+            .arg("--dev-dir")
+            .arg(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let google = mint(&["google"]);
+    let azp = format!("--azp=http://localhost:{port}");
+    let clerk = mint(&["clerk", &azp]);
+    let clerk_v1_no_perm = mint(&["clerk", &azp, "--v1", "--no-permissions"]);
+    for (token, status, can_trigger) in [
+        (&google, 200, true),
+        (&clerk, 200, true),
+        (&clerk_v1_no_perm, 200, false),
+    ] {
+        let response = client
+            .get(format!("{base}/auth/whoami"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["can_trigger"], can_trigger, "{body}");
+    }
+    let response = client
+        .post(format!("{base}/jobs/echo"))
+        .bearer_auth(&clerk)
+        .json(&serde_json::json!({"message": "dev"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        std::fs::read_to_string(dir.join(".gitignore"))
+            .unwrap()
+            .contains('*')
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("signing-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the dev key is private to its owner");
+    }
+    server.kill().ok();
+    let output = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("DEVELOPMENT MODE"), "dev mode is loud: {log}");
+    for token in [&google, &clerk] {
+        assert!(!log.contains(token.as_str()), "a token was logged");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,553 @@
+//! Test harness: a real worker on port 0, a real key server on loopback that
+//! counts its fetches, and RS256 tokens minted here with keys made here.
+//! Nothing is mocked and auth is never switched off.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
+use pushworker::{
+    auth::{Principal, dev::SigningKey},
+    config::{
+        ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, TriggerPolicy,
+    },
+    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
+    pubsub::MessageMeta,
+    startup::Application,
+};
+use serde_json::{Value, json};
+
+pub const AUDIENCE: &str = "https://pushworker.test/pubsub/push";
+pub const SERVICE_ACCOUNT: &str = "pusher@acme-prod.iam.gserviceaccount.com";
+pub const SCHEDULER_ACCOUNT: &str = "scheduler@acme-prod.iam.gserviceaccount.com";
+pub const CLERK_ISSUER: &str = "https://clerk.pushworker.test";
+pub const AZP: &str = "https://admin.pushworker.test";
+pub const TRIGGER: &str = "org:jobs:trigger";
+
+/// Keys shared by the tests of this binary (RSA generation is not free).
+pub struct TestKeys {
+    pub google: SigningKey,
+    pub clerk: SigningKey,
+    /// A key nobody trusts.
+    pub rogue: SigningKey,
+}
+
+pub static KEYS: LazyLock<TestKeys> = LazyLock::new(|| TestKeys {
+    google: SigningKey::generate("google-1").expect("keygen"),
+    clerk: SigningKey::generate("clerk-1").expect("keygen"),
+    rogue: SigningKey::generate("rogue-1").expect("keygen"),
+});
+
+pub fn now() -> i64 {
+    pushworker::auth::dev::now_secs()
+}
+
+/// Claims of a valid Google push token.
+pub fn google_claims() -> Value {
+    json!({
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "azp": "112233445566778899000",
+        "sub": "112233445566778899000",
+        "email": SERVICE_ACCOUNT,
+        "email_verified": true,
+        "iat": now() - 10,
+        "exp": now() + 3600,
+    })
+}
+
+/// Claims of a valid Clerk v2 session token with these permissions.
+pub fn clerk_v2_claims(permissions: &[&str]) -> Value {
+    let perms: Vec<String> = permissions.iter().map(|p| p.to_string()).collect();
+    let (fea, per, fpm) = pushworker::auth::dev::encode_v2_permissions(&perms);
+    json!({
+        "iss": CLERK_ISSUER,
+        "sub": "user_2abc",
+        "sid": "sess_2abc",
+        "azp": AZP,
+        "iat": now() - 5,
+        "nbf": now() - 10,
+        "exp": now() + 60,
+        "v": 2,
+        "fea": fea,
+        "o": { "id": "org_1", "slg": "acme", "rol": "member", "per": per, "fpm": fpm },
+    })
+}
+
+/// Claims of a valid Clerk v1 session token with these permissions.
+pub fn clerk_v1_claims(permissions: &[&str]) -> Value {
+    json!({
+        "iss": CLERK_ISSUER,
+        "sub": "user_1abc",
+        "sid": "sess_1abc",
+        "azp": AZP,
+        "iat": now() - 5,
+        "nbf": now() - 10,
+        "exp": now() + 60,
+        "org_id": "org_1",
+        "org_slug": "acme",
+        "org_role": "org:member",
+        "org_permissions": permissions,
+    })
+}
+
+/// Sets (or with `Value::Null`, removes) a claim.
+pub fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    let obj = claims.as_object_mut().expect("object");
+    if value.is_null() {
+        obj.remove(key);
+    } else {
+        obj.insert(key.to_owned(), value);
+    }
+    claims
+}
+
+pub fn google_token() -> String {
+    KEYS.google.sign(&google_claims()).expect("sign")
+}
+
+pub fn clerk_token(permissions: &[&str]) -> String {
+    KEYS.clerk
+        .sign(&clerk_v2_claims(permissions))
+        .expect("sign")
+}
+
+/// How the key server answers.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Ok,
+    Down,
+    Slow(Duration),
+    Garbage,
+}
+
+struct KeyServerState {
+    google: Mutex<Vec<Value>>,
+    clerk: Mutex<Vec<Value>>,
+    mode: Mutex<Mode>,
+    max_age: AtomicU64,
+    google_fetches: AtomicUsize,
+    clerk_fetches: AtomicUsize,
+}
+
+/// A JWKS server on loopback that counts fetches.
+#[derive(Clone)]
+pub struct KeyServer {
+    pub base: String,
+    state: Arc<KeyServerState>,
+}
+
+async fn serve_jwks(state: &KeyServerState, keys: &Mutex<Vec<Value>>) -> axum::response::Response {
+    let mode = state.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Down => {
+            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+        }
+        Mode::Garbage => {
+            return (axum::http::StatusCode::OK, "{\"keys\": not json").into_response();
+        }
+        Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Ok => {}
+    }
+    let body = json!({ "keys": keys.lock().unwrap().clone() });
+    let max_age = state.max_age.load(Ordering::SeqCst);
+    (
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={max_age}, must-revalidate, no-transform"),
+        )],
+        Json(body),
+    )
+        .into_response()
+}
+
+impl KeyServer {
+    pub async fn start() -> Self {
+        let state = Arc::new(KeyServerState {
+            google: Mutex::new(vec![KEYS.google.public_jwk().unwrap()]),
+            clerk: Mutex::new(vec![KEYS.clerk.public_jwk().unwrap()]),
+            mode: Mutex::new(Mode::Ok),
+            max_age: AtomicU64::new(3600),
+            google_fetches: AtomicUsize::new(0),
+            clerk_fetches: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route(
+                "/google/certs",
+                get(|State(s): State<Arc<KeyServerState>>| async move {
+                    s.google_fetches.fetch_add(1, Ordering::SeqCst);
+                    serve_jwks(&s, &s.google).await
+                }),
+            )
+            .route(
+                "/clerk/.well-known/jwks.json",
+                get(|State(s): State<Arc<KeyServerState>>| async move {
+                    s.clerk_fetches.fetch_add(1, Ordering::SeqCst);
+                    serve_jwks(&s, &s.clerk).await
+                }),
+            )
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        Self { base, state }
+    }
+
+    pub fn google_url(&self) -> String {
+        format!("{}/google/certs", self.base)
+    }
+
+    pub fn clerk_url(&self) -> String {
+        format!("{}/clerk/.well-known/jwks.json", self.base)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    pub fn set_max_age(&self, secs: u64) {
+        self.state.max_age.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn set_google_keys(&self, keys: Vec<Value>) {
+        *self.state.google.lock().unwrap() = keys;
+    }
+
+    pub fn google_fetches(&self) -> usize {
+        self.state.google_fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn clerk_fetches(&self) -> usize {
+        self.state.clerk_fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// What a test job saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub payload: Value,
+    pub meta: Option<MessageMeta>,
+    pub attempt: u32,
+    pub source: RunSource,
+    pub principal: Principal,
+}
+
+/// `record`: remembers every run.
+#[derive(Clone, Default)]
+pub struct Record(pub Arc<Mutex<Vec<Seen>>>);
+
+impl Job for Record {
+    const NAME: &'static str = "record";
+    const DESCRIPTION: &'static str = "Test job: records what it saw.";
+    type Payload = Value;
+    type Output = Value;
+
+    async fn run(&self, payload: Value, ctx: JobContext) -> Result<Value, JobError> {
+        self.0.lock().unwrap().push(Seen {
+            payload: payload.clone(),
+            meta: ctx.message.as_deref().cloned(),
+            attempt: ctx.attempt,
+            source: ctx.source,
+            principal: (*ctx.principal).clone(),
+        });
+        Ok(json!({ "recorded": true }))
+    }
+}
+
+/// `flaky`: always fails transiently.
+pub struct Flaky;
+impl Job for Flaky {
+    const NAME: &'static str = "flaky";
+    const DESCRIPTION: &'static str = "Test job: transient failure.";
+    type Payload = Value;
+    type Output = ();
+    async fn run(&self, _: Value, _: JobContext) -> Result<(), JobError> {
+        Err(JobError::Transient(
+            "database connection reset (secret=hunter2)".into(),
+        ))
+    }
+}
+
+/// `reject`: always fails permanently.
+pub struct Reject;
+impl Job for Reject {
+    const NAME: &'static str = "reject";
+    const DESCRIPTION: &'static str = "Test job: permanent failure.";
+    type Payload = Value;
+    type Output = ();
+    async fn run(&self, _: Value, _: JobContext) -> Result<(), JobError> {
+        Err(JobError::Permanent("order 42 does not exist".into()))
+    }
+}
+
+/// `explode`: panics.
+pub struct Explode;
+impl Job for Explode {
+    const NAME: &'static str = "explode";
+    const DESCRIPTION: &'static str = "Test job: panics.";
+    type Payload = Value;
+    type Output = ();
+    #[allow(clippy::panic)]
+    async fn run(&self, _: Value, _: JobContext) -> Result<(), JobError> {
+        panic!("boom")
+    }
+}
+
+/// Settings a test may change.
+#[derive(Clone)]
+pub struct Options {
+    pub min_ttl: Duration,
+    pub cooldown: Duration,
+    pub fetch_timeout: Duration,
+    pub max_stale: Duration,
+    pub job_timeout: Duration,
+    pub trigger_roles: Vec<String>,
+    pub clerk_jwt_key: Option<String>,
+    pub google: bool,
+    pub clerk: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(3),
+            max_stale: Duration::from_secs(3600),
+            job_timeout: Duration::from_secs(1),
+            trigger_roles: Vec::new(),
+            clerk_jwt_key: None,
+            google: true,
+            clerk: true,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub keys: KeyServer,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let keys = KeyServer::start().await;
+    spawn_app_on(keys, options).await
+}
+
+pub fn config(keys: &KeyServer, options: &Options) -> Config {
+    Config {
+        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 0,
+        google: options.google.then(|| GoogleConfig {
+            audiences: vec![AUDIENCE.to_owned()],
+            service_accounts: vec![SERVICE_ACCOUNT.to_owned(), SCHEDULER_ACCOUNT.to_owned()],
+            keys: KeySource::Url(keys.google_url()),
+        }),
+        clerk: options.clerk.then(|| ClerkConfig {
+            issuer: CLERK_ISSUER.to_owned(),
+            authorized_parties: vec![AZP.to_owned()],
+            keys: match &options.clerk_jwt_key {
+                Some(pem) => KeySource::Pem(pem.clone()),
+                None => KeySource::Url(keys.clerk_url()),
+            },
+            publishable_key: None,
+        }),
+        leeway: Duration::from_secs(5),
+        trigger: TriggerPolicy {
+            permission: TRIGGER.to_owned(),
+            roles: options.trigger_roles.clone(),
+        },
+        job_attribute: "job".to_owned(),
+        job_timeout: options.job_timeout,
+        key_cache: KeyCacheConfig {
+            min_ttl: options.min_ttl,
+            max_ttl: Duration::from_secs(86_400),
+            refresh_cooldown: options.cooldown,
+            max_stale: options.max_stale,
+            fetch_timeout: options.fetch_timeout,
+        },
+        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        log_format: LogFormat::Text,
+        dev_mode: false,
+    }
+}
+
+pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
+    let record = Record::default();
+    let seen = Arc::clone(&record.0);
+    let http = reqwest::Client::new();
+    let jobs = JobRegistry::builtin(&JobDeps {
+        http,
+        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+    })
+    .register(record)
+    .register(Flaky)
+    .register(Reject)
+    .register(Explode);
+    let app = Application::build_with_jobs(config(&keys, &options), Some(jobs))
+        .await
+        .expect("build app");
+    let port = app.port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr: format!("http://127.0.0.1:{port}"),
+
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        keys,
+        seen,
+        _shutdown: tx,
+    }
+}
+
+/// A wrapped envelope for `data` with these attributes.
+pub fn envelope(data: &[u8], attributes: &[(&str, &str)], message_id: &str) -> Value {
+    let meta = MessageMeta {
+        message_id: message_id.to_owned(),
+        publish_time: Some("2026-11-28T10:00:00.123Z".to_owned()),
+        subscription: Some("projects/acme-prod/subscriptions/work-push".to_owned()),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        ordering_key: None,
+        delivery_attempt: Some(1),
+        unwrapped: false,
+    };
+    pushworker::pubsub::wrap(&meta, data)
+}
+
+impl TestApp {
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    pub async fn healthz(&self) -> reqwest::Response {
+        self.client
+            .get(format!("{}/healthz", self.addr))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.client
+            .get(format!("{}/readyz", self.addr))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn whoami(&self, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/auth/whoami", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /auth/whoami` with raw `Authorization` header values (zero, one or more).
+    pub async fn whoami_raw(&self, authorization: &[&str]) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}/auth/whoami", self.addr));
+        for value in authorization {
+            request = request.header("authorization", *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn list_jobs(&self, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/jobs", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn trigger(&self, job: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/jobs/{job}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn push(&self, token: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/pubsub/push", self.addr))
+            .header("authorization", Self::bearer(token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn push_to(
+        &self,
+        job: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/pubsub/push/{job}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn push_unwrapped(
+        &self,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/pubsub/push", self.addr))
+            .header("authorization", Self::bearer(token))
+            .header("content-type", "application/x-www-form-urlencoded");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.body(body).send().await.unwrap()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The `WWW-Authenticate` header, or "".
+pub fn challenge(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}

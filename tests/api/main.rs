@@ -1,0 +1,11 @@
+//! Integration tests: the real worker on port 0, a real key server on
+//! loopback, real RS256 tokens. One module per area; `helpers` holds one
+//! helper per endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod binary;
+mod helpers;
+mod jobs;
+mod keys;
+mod push;
