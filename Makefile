@@ -26,3 +26,10 @@ dev-token-google:
 	@$(CARGO) run -q --bin pushworker -- dev-token google
 dev-token-clerk:
 	@$(CARGO) run -q --bin pushworker -- dev-token clerk --azp http://localhost:$(PORT)
+
+.PHONY: docker
+
+## docker: build the Cloud Run image (needs a container engine; this machine has
+## none, so `make image-check` stands in for it here)
+docker:
+	docker build -t pushworker .
