@@ -1,0 +1,16 @@
+terraform {
+  # Lifecycle preconditions need 1.2; 1.5 is a conservative floor.
+  required_version = ">= 1.5"
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 6.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project_id
+  region  = var.region
+}
