@@ -27,9 +27,15 @@ dev-token-google:
 dev-token-clerk:
 	@$(CARGO) run -q --bin pushworker -- dev-token clerk --azp http://localhost:$(PORT)
 
-.PHONY: docker
+.PHONY: docker image-check
 
 ## docker: build the Cloud Run image (needs a container engine; this machine has
 ## none, so `make image-check` stands in for it here)
 docker:
 	docker build -t pushworker .
+
+## image-check: release build, then check the binary against the runtime image
+## (libraries distroless/cc provides; starts with an empty env; SIGTERM exits 0)
+image-check:
+	$(CARGO) build --release --bin pushworker
+	scripts/check-runtime-image.sh target/release/pushworker
