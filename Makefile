@@ -39,3 +39,59 @@ docker:
 image-check:
 	$(CARGO) build --release --bin pushworker
 	scripts/check-runtime-image.sh target/release/pushworker
+
+# --- The local Pub/Sub loop (the real emulator that ships with gcloud) -------
+EMULATOR_PORT ?= 8085
+PUBSUB_PROJECT ?= pushworker-local
+TOPIC ?= work
+DEAD_LETTER ?= work-dead-letter
+BRIDGE_SUB ?= work-bridge
+EMULATOR_DIR := .pushworker-dev/emulator
+EMU := http://127.0.0.1:$(EMULATOR_PORT)/v1/projects/$(PUBSUB_PROJECT)
+
+.PHONY: emulator emulator-stop publish replay run-loop
+
+## emulator: start the Pub/Sub emulator and create the topic, the dead-letter
+## topic with its subscription, and the pull subscription the bridge reads
+emulator:
+	@command -v gcloud >/dev/null || { echo "gcloud is missing: install the Google Cloud CLI and 'gcloud components install pubsub-emulator beta' (or apt-get install google-cloud-cli-pubsub-emulator)"; exit 1; }
+	@mkdir -p $(EMULATOR_DIR)
+	@if curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null; then echo "emulator already running on $(EMULATOR_PORT)"; else \
+	  setsid gcloud beta emulators pubsub start --host-port=127.0.0.1:$(EMULATOR_PORT) --project=$(PUBSUB_PROJECT) \
+	    --data-dir=$(EMULATOR_DIR)/data > $(EMULATOR_DIR)/emulator.log 2>&1 & echo $$! > $(EMULATOR_DIR)/pid; \
+	  for i in $$(seq 1 60); do curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null && break; sleep 0.5; done; \
+	  curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null || { echo "emulator did not start; see $(EMULATOR_DIR)/emulator.log"; exit 1; }; fi
+	@curl -s -o /dev/null -X PUT $(EMU)/topics/$(TOPIC)
+	@curl -s -o /dev/null -X PUT $(EMU)/topics/$(DEAD_LETTER)
+	@curl -s -o /dev/null -X PUT $(EMU)/subscriptions/$(DEAD_LETTER)-sub -H 'content-type: application/json' \
+	  -d '{"topic":"projects/$(PUBSUB_PROJECT)/topics/$(DEAD_LETTER)"}'
+	@curl -s -o /dev/null -X PUT $(EMU)/subscriptions/$(BRIDGE_SUB) -H 'content-type: application/json' \
+	  -d '{"topic":"projects/$(PUBSUB_PROJECT)/topics/$(TOPIC)","ackDeadlineSeconds":60,"deadLetterPolicy":{"deadLetterTopic":"projects/$(PUBSUB_PROJECT)/topics/$(DEAD_LETTER)","maxDeliveryAttempts":5}}'
+	@echo "emulator on 127.0.0.1:$(EMULATOR_PORT): topic $(TOPIC), dead-letter topic $(DEAD_LETTER) (+ $(DEAD_LETTER)-sub), bridge subscription $(BRIDGE_SUB)"
+	@echo "next: make run-loop  (worker with the dead-letter topic), make publish JOB=echo DATA='{\"message\":\"hi\"}', make replay SUB=$(BRIDGE_SUB)"
+
+emulator-stop:
+	@if [ -f $(EMULATOR_DIR)/pid ]; then kill -- -$$(cat $(EMULATOR_DIR)/pid) 2>/dev/null || true; rm -f $(EMULATOR_DIR)/pid; fi
+	@pkill -f "pubsub-emulator.*$(EMULATOR_PORT)" 2>/dev/null || true
+
+## run-loop: make run, dead-lettering to the emulator's dead-letter topic
+run-loop:
+	PUBSUB_EMULATOR_HOST=127.0.0.1:$(EMULATOR_PORT) DEAD_LETTER_TOPIC=projects/$(PUBSUB_PROJECT)/topics/$(DEAD_LETTER) \
+	  PORT=$(PORT) $(CARGO) run --bin pushworker -- serve --dev
+
+## publish: publish one message to the emulator's topic (JOB=echo DATA='{"message":"hi"}')
+JOB ?= echo
+DATA ?= {"message":"hello from make publish"}
+publish:
+	@curl -sf -X POST $(EMU)/topics/$(TOPIC):publish -H 'content-type: application/json' \
+	  -d '{"messages":[{"data":"'"$$(printf '%s' '$(DATA)' | base64 -w0)"'","attributes":{"job":"$(JOB)"}}]}' && echo
+
+## replay: fixtures/ into the local server; FILE=path for one file; SUB=name to
+## bridge the emulator subscription into the local server
+replay:
+ifdef SUB
+	PUBSUB_EMULATOR_HOST=127.0.0.1:$(EMULATOR_PORT) $(CARGO) run -q --bin pushworker -- replay \
+	  --subscription projects/$(PUBSUB_PROJECT)/subscriptions/$(SUB) --target http://127.0.0.1:$(PORT)
+else
+	$(CARGO) run -q --bin pushworker -- replay --target http://127.0.0.1:$(PORT) $(or $(FILE),fixtures/)
+endif

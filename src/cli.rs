@@ -33,6 +33,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a token signed by the development identity (dev mode only trusts it).
     DevToken(DevTokenArgs),
+    /// Deliver messages from files or a subscription as Pub/Sub push would.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// `dev-token` options.
@@ -100,6 +102,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::DevToken(args) => dev_token(args),
+        Command::Replay(args) => {
+            telemetry::init(crate::config::LogFormat::Text);
+            crate::replay::run(*args).await
+        }
     }
 }
 

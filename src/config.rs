@@ -120,9 +120,20 @@ pub struct ServeArgs {
     pub jwks_fetch_timeout_ms: u64,
 
     /// Hosts (`host` or `host:port`) the example `webhook` job may call (comma
-    /// list). Empty: the job refuses every URL.
+    /// list). Empty: the job refuses every URL (in dev mode: the local server).
     #[arg(long, env = "WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub webhook_allowed_hosts: Vec<String>,
+
+    /// Topic that poison messages are published to (`projects/P/topics/T`)
+    /// before their push is acked. Unset: permanent failures are nacked and
+    /// left to the subscription's dead-letter policy.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// `host:port` of the Pub/Sub emulator; when set, every Pub/Sub client
+    /// (dead-letter publisher, replay bridge) talks to it without credentials.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pub pubsub_emulator_host: Option<String>,
 
     /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
     /// Run (`K_SERVICE` set), text elsewhere.
@@ -245,6 +256,10 @@ pub struct Config {
     pub key_cache: KeyCacheConfig,
     /// Hosts the webhook job may call.
     pub webhook_allowed_hosts: Vec<String>,
+    /// Dead-letter topic, if set.
+    pub dead_letter_topic: Option<String>,
+    /// Where Pub/Sub is (real or emulator).
+    pub pubsub: crate::pubsub::gcp::PubsubTarget,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether the development identity is trusted.
@@ -468,6 +483,21 @@ impl Config {
             }
         };
 
+        let dead_letter_topic = args
+            .dead_letter_topic
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let parts: Vec<&str> = t.split('/').collect();
+                if parts.len() == 4 && parts[0] == "projects" && parts[2] == "topics" && parts[1].len() >= 3 && parts[3].len() >= 3 {
+                    Ok(t.to_owned())
+                } else {
+                    Err(anyhow::anyhow!("DEAD_LETTER_TOPIC: `{t}` is not a full topic name (projects/PROJECT/topics/TOPIC)"))
+                }
+            })
+            .transpose()?;
+
         let host = args.host.unwrap_or(if args.dev {
             IpAddr::from([127, 0, 0, 1])
         } else {
@@ -498,7 +528,16 @@ impl Config {
                 max_stale: Duration::from_secs(args.jwks_max_stale_secs),
                 fetch_timeout: Duration::from_millis(args.jwks_fetch_timeout_ms),
             },
-            webhook_allowed_hosts: clean_list(&args.webhook_allowed_hosts),
+            webhook_allowed_hosts: {
+                let mut hosts = clean_list(&args.webhook_allowed_hosts);
+                if args.dev && hosts.is_empty() {
+                    // The local server itself, so the webhook fixture has a target.
+                    hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+                }
+                hosts
+            },
+            dead_letter_topic,
+            pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
             log_format,
             dev_mode: args.dev,
         })

@@ -19,7 +19,9 @@
 //!   the local development identity.
 //! - [`pubsub`] — the push envelope, wrapped and unwrapped.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and the example jobs.
-//! - [`cli`] — the `pushworker` command line (`serve`, `dev-token`).
+//! - [`replay`] — `pushworker replay`: deliver messages from files or a
+//!   subscription (real Pub/Sub or the emulator) exactly as a push would.
+//! - [`cli`] — the `pushworker` command line (`serve`, `dev-token`, `replay`).
 //! - [`telemetry`] — logging setup.
 
 pub mod auth;
@@ -28,5 +30,6 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod pubsub;
+pub mod replay;
 pub mod startup;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     http::{AppState, router},
     jobs::{JobDeps, JobRegistry},
+    pubsub::dead_letter::DeadLetter,
 };
 
 /// A bound, ready-to-serve worker.
@@ -78,6 +79,14 @@ impl Application {
                 webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
             })
         });
+        let dead_letter = match &config.dead_letter_topic {
+            Some(topic) => Some(Arc::new(
+                DeadLetter::new(&config.pubsub, topic, Duration::from_secs(10))
+                    .await
+                    .context("DEAD_LETTER_TOPIC: cannot create the publisher")?,
+            )),
+            None => None,
+        };
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -88,6 +97,7 @@ impl Application {
                 config: Arc::new(config),
                 auth: Arc::new(Authenticator::new(google, clerk)),
                 jobs: Arc::new(jobs),
+                dead_letter,
             },
         })
     }

@@ -44,6 +44,10 @@ pub enum Error {
     /// A resource that does not exist: 404.
     #[error("{0}")]
     NotFound(String),
+    /// A permanent failure could not be dead-lettered: 503, so Pub/Sub
+    /// redelivers and the next attempt tries again.
+    #[error("dead-lettering failed: {0}")]
+    DeadLetterFailed(String),
     /// Anything unexpected: 500, opaque.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -66,6 +70,7 @@ impl Error {
             Self::NoJob { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Dispatch(d) => dispatch_status(d),
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +91,7 @@ impl Error {
             Self::NoJob { .. } => "no_job",
             Self::Dispatch(d) => d.kind(),
             Self::NotFound(_) => "not_found",
+            Self::DeadLetterFailed(_) => "dead_letter_failed",
             Self::Internal(_) => "internal",
         }
     }
@@ -143,6 +149,7 @@ impl IntoResponse for Error {
                 Self::Dispatch(DispatchError::Transient(_)) =>
                     "the job failed with a transient error; retry later",
                 Self::Dispatch(DispatchError::Timeout(_)) => "the job timed out",
+                Self::DeadLetterFailed(_) => "the message could not be dead-lettered; retry later",
                 _ => "internal error",
             });
         } else {

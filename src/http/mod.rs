@@ -23,7 +23,9 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{Error, dispatch_status};
 
-use crate::{auth::Authenticator, config::Config, jobs::JobRegistry};
+use crate::{
+    auth::Authenticator, config::Config, jobs::JobRegistry, pubsub::dead_letter::DeadLetter,
+};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The jobs.
     pub jobs: Arc<JobRegistry>,
+    /// The dead-letter publisher, when `DEAD_LETTER_TOPIC` is set.
+    pub dead_letter: Option<Arc<DeadLetter>>,
 }
 
 /// The application's router over `state`.

@@ -6,7 +6,9 @@
 //! dead-letter policy eventually catches: transient ones as 5xx, permanent
 //! ones (undecodable, unknown job, payload that does not fit, a job's own
 //! permanent error) as 4xx, logged at error level with the message id. A
-//! permanent failure is never dropped silently.
+//! permanent failure is never dropped silently: with `DEAD_LETTER_TOPIC` set
+//! it is published there (with the reason) and only then acked; without, it
+//! is nacked and left to the subscription's dead-letter policy.
 
 use std::{sync::Arc, time::Instant};
 
@@ -28,7 +30,7 @@ use super::{
 use crate::{
     auth::{CanTrigger, Principal},
     jobs::{JobContext, RunSource},
-    pubsub,
+    pubsub::{self, MessageMeta, dead_letter::Reason},
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -76,8 +78,21 @@ async fn handle(
     let message = match pubsub::parse_push(&headers, &body) {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(reason = %e, "push refused: undecodable delivery (nacked; the dead-letter policy will catch it)");
-            return Err(e.into());
+            // Nothing decodable: dead-letter the raw body so it can be inspected.
+            let meta = MessageMeta {
+                message_id: headers
+                    .get("x-goog-pubsub-message-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                ..MessageMeta::default()
+            };
+            let reason = Reason {
+                kind: "invalid_envelope",
+                text: e.to_string(),
+                job: path_job.as_deref(),
+            };
+            return permanent_failure(&state, &meta, &body, reason, e.into()).await;
         }
     };
     drop(body);
@@ -94,8 +109,12 @@ async fn handle(
         let err = Error::NoJob {
             attribute: state.config.job_attribute.clone(),
         };
-        tracing::error!(reason = %err, "push refused: permanent failure (nacked; the dead-letter policy will catch it)");
-        return Err(err);
+        let reason = Reason {
+            kind: "no_job",
+            text: err.to_string(),
+            job: None,
+        };
+        return permanent_failure(&state, &meta, &message.data, reason, err).await;
     };
     span.record("job", job.as_str());
     let run_id = Uuid::now_v7();
@@ -126,9 +145,44 @@ async fn handle(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(e) if e.is_permanent() => {
-            tracing::error!(kind = e.kind(), reason = %e, duration_ms, "push failed permanently (nacked; the dead-letter policy will catch it)");
-            Err(e.into())
+            let reason = Reason {
+                kind: e.kind(),
+                text: e.to_string(),
+                job: Some(&job),
+            };
+            permanent_failure(&state, &meta, &message.data, reason, e.into()).await
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A message that will never succeed: dead-letter it and ack when a
+/// dead-letter topic is configured (nack if that publish fails); otherwise
+/// nack with `err` and leave it to the subscription's dead-letter policy.
+/// Either way it is logged at error level with the message id.
+async fn permanent_failure(
+    state: &AppState,
+    meta: &MessageMeta,
+    data: &[u8],
+    reason: Reason<'_>,
+    err: Error,
+) -> Result<StatusCode, Error> {
+    let Some(dead_letter) = &state.dead_letter else {
+        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently (nacked; the subscription's dead-letter policy will catch it)");
+        return Err(err);
+    };
+    if data.len() > pubsub::MAX_MESSAGE_BYTES {
+        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently and is too large to dead-letter (nacked)");
+        return Err(err);
+    }
+    match dead_letter.publish(meta, data, &reason).await {
+        Ok(id) => {
+            tracing::error!(kind = reason.kind, reason = %reason.text, topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(publish_error) => {
+            tracing::error!(kind = reason.kind, reason = %reason.text, error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
+            Err(Error::DeadLetterFailed(format!("{publish_error:#}")))
+        }
     }
 }

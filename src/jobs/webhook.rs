@@ -40,12 +40,26 @@ impl Webhook {
 pub struct WebhookPayload {
     /// The endpoint; its host must be in WEBHOOK_ALLOWED_HOSTS.
     pub url: String,
-    /// JSON body to send.
+    /// HTTP method: `POST` (default, with the body) or `GET`.
+    #[serde(default)]
+    pub method: WebhookMethod,
+    /// JSON body to send with `POST`.
     #[serde(default)]
     pub body: serde_json::Value,
     /// Request timeout in milliseconds (default 10000, at most 60000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+}
+
+/// The request method.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebhookMethod {
+    /// POST the body as JSON.
+    #[default]
+    Post,
+    /// GET, no body.
+    Get,
 }
 
 /// What the endpoint answered.
@@ -85,7 +99,7 @@ impl Webhook {
 
 impl Job for Webhook {
     const NAME: &'static str = "webhook";
-    const DESCRIPTION: &'static str = "POSTs `body` as JSON to `url` (an allowed host); 5xx and timeouts are retried, 4xx are not.";
+    const DESCRIPTION: &'static str = "Calls `url` (an allowed host), POSTing `body` as JSON by default; 5xx and timeouts are retried, 4xx are not.";
     type Payload = WebhookPayload;
     type Output = WebhookOutput;
 
@@ -97,12 +111,12 @@ impl Job for Webhook {
     ) -> Result<WebhookOutput, JobError> {
         let url = self.check_url(&payload.url)?;
         let timeout = Duration::from_millis(payload.timeout_ms.unwrap_or(10_000).clamp(1, 60_000));
-        let request = self
-            .client
-            .post(url)
-            .timeout(timeout)
-            .header("x-pushworker-run-id", ctx.run_id.to_string())
-            .json(&payload.body);
+        let request = match payload.method {
+            WebhookMethod::Post => self.client.post(url).json(&payload.body),
+            WebhookMethod::Get => self.client.get(url),
+        }
+        .timeout(timeout)
+        .header("x-pushworker-run-id", ctx.run_id.to_string());
         let response = tokio::select! {
             r = request.send() => r,
             () = ctx.cancel.cancelled() => return Err(JobError::Transient("cancelled".into())),

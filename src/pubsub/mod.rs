@@ -12,6 +12,9 @@
 //! Content-Type is never relied on: the emulator sends form-encoded for raw
 //! bytes.
 
+pub mod dead_letter;
+pub mod gcp;
+
 use std::{borrow::Cow, collections::BTreeMap};
 
 use axum::http::HeaderMap;

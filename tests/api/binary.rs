@@ -255,3 +255,125 @@ async fn dev_mode_end_to_end() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `serve --dev` process on a free port; killed on drop.
+struct DevServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn dev_server(dir: &std::path::Path) -> DevServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .args(["serve", "--dev", "--dev-dir"])
+        .arg(dir)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    while client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "dev server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    DevServer { child, port }
+}
+
+/// `pushworker replay` over the fixtures: every good one acked, every poison
+/// one nacked, the summary says so and the exit code follows.
+#[tokio::test]
+async fn replay_fixtures_into_a_dev_server() {
+    let dir = std::env::temp_dir().join(format!("pushworker-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = dev_server(&dir).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let replay = |path: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("replay")
+            .arg(format!("--target=http://127.0.0.1:{}", server.port))
+            .arg("--dev-dir")
+            .arg(&dir)
+            .args(extra)
+            .arg(fixtures.join(path))
+            .env_clear()
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let count = |sub: &str| -> usize {
+        std::fs::read_dir(fixtures.join(sub))
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("jsonl") => text.lines().filter(|l| !l.trim().is_empty()).count(),
+                    _ => match serde_json::from_str::<serde_json::Value>(&text).unwrap() {
+                        serde_json::Value::Array(a) => a.len(),
+                        _ => 1,
+                    },
+                }
+            })
+            .sum()
+    };
+    let (good, poison) = (count("good"), count("poison"));
+    assert!(good >= 5 && poison >= 6, "fixtures cover every example job");
+
+    let (code, _, stderr) = replay("good", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{good} acked, 0 nacked")),
+        "{stderr}"
+    );
+    for job in ["echo", "sleep", "webhook"] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(job)),
+            "summary per job: {stderr}"
+        );
+    }
+
+    let (code, _, stderr) = replay("poison", &["--unwrapped"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("0 acked, {poison} nacked")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("status codes:") && stderr.contains("422"),
+        "{stderr}"
+    );
+
+    let (code, stdout, _) = replay("good/echo.json", &["--dry-run"]);
+    assert_eq!(code, Some(0));
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["message"]["attributes"]["job"], "echo");
+    assert!(first["message"]["messageId"] == first["message"]["message_id"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -275,6 +275,37 @@ impl Job for Flaky {
     }
 }
 
+/// `flaky_once`: fails transiently on the first delivery of each message,
+/// then succeeds (and records the run).
+#[derive(Clone, Default)]
+pub struct FlakyOnce {
+    pub attempts: Arc<Mutex<BTreeMap<String, u32>>>,
+    pub record: Record,
+}
+impl Job for FlakyOnce {
+    const NAME: &'static str = "flaky_once";
+    const DESCRIPTION: &'static str = "Test job: transient failure on the first delivery.";
+    type Payload = Value;
+    type Output = Value;
+    async fn run(&self, payload: Value, ctx: JobContext) -> Result<Value, JobError> {
+        let id = ctx
+            .message
+            .as_ref()
+            .map(|m| m.message_id.clone())
+            .unwrap_or_default();
+        let seen = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let n = attempts.entry(id).or_default();
+            *n += 1;
+            *n
+        };
+        if seen == 1 {
+            return Err(JobError::Transient("first delivery fails".into()));
+        }
+        self.record.run(payload, ctx).await
+    }
+}
+
 /// `reject`: always fails permanently.
 pub struct Reject;
 impl Job for Reject {
@@ -312,6 +343,8 @@ pub struct Options {
     pub clerk_jwt_key: Option<String>,
     pub google: bool,
     pub clerk: bool,
+    pub dead_letter_topic: Option<String>,
+    pub emulator_host: Option<String>,
 }
 
 impl Default for Options {
@@ -326,6 +359,8 @@ impl Default for Options {
             clerk_jwt_key: None,
             google: true,
             clerk: true,
+            dead_letter_topic: None,
+            emulator_host: None,
         }
     }
 }
@@ -380,6 +415,8 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             fetch_timeout: options.fetch_timeout,
         },
         webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        dead_letter_topic: options.dead_letter_topic.clone(),
+        pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         log_format: LogFormat::Text,
         dev_mode: false,
     }
@@ -392,6 +429,10 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     let jobs = JobRegistry::builtin(&JobDeps {
         http,
         webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+    })
+    .register(FlakyOnce {
+        attempts: Arc::default(),
+        record: record.clone(),
     })
     .register(record)
     .register(Flaky)

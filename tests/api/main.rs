@@ -5,6 +5,7 @@
 
 mod auth;
 mod binary;
+mod emulator;
 mod helpers;
 mod jobs;
 mod keys;
