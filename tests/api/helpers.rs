@@ -312,6 +312,8 @@ pub struct Options {
     pub clerk_jwt_key: Option<String>,
     pub google: bool,
     pub clerk: bool,
+    pub publishable_key: Option<String>,
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -326,6 +328,8 @@ impl Default for Options {
             clerk_jwt_key: None,
             google: true,
             clerk: true,
+            publishable_key: None,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -363,7 +367,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
                 Some(pem) => KeySource::Pem(pem.clone()),
                 None => KeySource::Url(keys.clerk_url()),
             },
-            publishable_key: None,
+            publishable_key: options.publishable_key.clone(),
         }),
         leeway: Duration::from_secs(5),
         trigger: TriggerPolicy {
@@ -380,8 +384,10 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             fetch_timeout: options.fetch_timeout,
         },
         webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        cors_allowed_origins: options.cors_allowed_origins.clone(),
         log_format: LogFormat::Text,
         dev_mode: false,
+        dev_identity: None,
     }
 }
 
