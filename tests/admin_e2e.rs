@@ -17,6 +17,7 @@
 
 use std::{
     net::Ipv4Addr,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
@@ -213,7 +214,9 @@ fn find_program(env: &str, default: &str) -> PathBuf {
     path
 }
 
-/// chromedriver on a free loopback port, killed on drop.
+/// chromedriver on a free loopback port, in a process group of its own that
+/// Chromium joins; the whole group is killed on drop, so that a test that
+/// fails before closing its session leaves no browser behind.
 struct Driver {
     url: String,
     child: Child,
@@ -221,8 +224,15 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Let the killed browser let go of its profile folder.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -230,6 +240,7 @@ async fn start_driver() -> Driver {
     let program = find_program("CHROMEDRIVER", "/usr/bin/chromedriver");
     let port = free_port();
     let child = Command::new(program)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -352,6 +363,7 @@ impl Browser {
             .map(|v| v.as_str().unwrap_or_default().to_owned())
             .unwrap_or_default();
         let logs = self.console().await;
+        let _ = self.client.clone().close().await;
         panic!(
             "{what}\n--- page text ---\n{text}\n--- console ---\n{logs:#}\n(screenshot: target/admin-screenshots/{name}.png)"
         );
