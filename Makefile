@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PORT ?= 8080
 
-.PHONY: run test lint fmt dev-token-google dev-token-clerk
+.PHONY: run test e2e lint fmt dev-token-google dev-token-clerk
 
 ## run: serve locally with the embedded development identity (no setup)
 run:
@@ -12,6 +12,11 @@ run:
 ## test: every test (unit, integration against real servers on loopback)
 test:
 	$(CARGO) test --all-targets --no-fail-fast
+
+## e2e: only the admin page's browser tests (needs: apt-get install chromium chromium-driver);
+## screenshots land in target/admin-screenshots/
+e2e:
+	$(CARGO) test --test admin_e2e
 
 ## lint: formatting and clippy, as CI runs them
 lint:

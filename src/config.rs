@@ -11,7 +11,7 @@
 //! only secret-like values (a PEM key, later a database URL) are shown as
 //! `<set>`/`<unset>`.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -134,6 +134,12 @@ pub struct ServeArgs {
     /// (dead-letter publisher, replay bridge) talks to it without credentials.
     #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
     pub pubsub_emulator_host: Option<String>,
+
+    /// Origins (`https://admin.example.com`) whose pages may call this API
+    /// from the browser (comma list). Empty: no CORS headers at all, which is
+    /// right when the admin page is the one served at `/admin`.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
 
     /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
     /// Run (`K_SERVICE` set), text elsewhere.
@@ -260,10 +266,15 @@ pub struct Config {
     pub dead_letter_topic: Option<String>,
     /// Where Pub/Sub is (real or emulator).
     pub pubsub: crate::pubsub::gcp::PubsubTarget,
+    /// Origins allowed to call the API cross-origin (empty: no CORS).
+    pub cors_allowed_origins: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether the development identity is trusted.
     pub dev_mode: bool,
+    /// The development identity, loaded once in dev mode: the admin page's
+    /// development sign-in mints its tokens with it.
+    pub dev_identity: Option<Arc<DevIdentity>>,
 }
 
 fn clean_list(values: &[String]) -> Vec<String> {
@@ -272,6 +283,30 @@ fn clean_list(values: &[String]) -> Vec<String> {
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .collect()
+}
+
+/// Checks that every entry is an origin exactly as a browser sends it in
+/// `Origin` (`scheme://host[:port]`, no path, no trailing slash): anything
+/// else would never match and silently disable CORS for that page.
+fn cors_origins(values: &[String]) -> anyhow::Result<Vec<String>> {
+    let origins = clean_list(values);
+    for origin in &origins {
+        if origin == "*" {
+            bail!(
+                "CORS_ALLOWED_ORIGINS: `*` is not accepted; list the admin page's origins (e.g. https://admin.example.com)"
+            );
+        }
+        let url = reqwest::Url::parse(origin).with_context(|| {
+            format!("CORS_ALLOWED_ORIGINS: `{origin}` is not an origin (expected e.g. https://admin.example.com)")
+        })?;
+        let canonical = url.origin().ascii_serialization();
+        if !matches!(url.scheme(), "https" | "http") || canonical != *origin {
+            bail!(
+                "CORS_ALLOWED_ORIGINS: `{origin}` is not an origin; write it as the browser sends it, scheme://host[:port] in lower case with no path or trailing slash (e.g. `{canonical}`)"
+            );
+        }
+    }
+    Ok(origins)
 }
 
 fn key_source(var: &str, value: &str) -> anyhow::Result<KeySource> {
@@ -380,6 +415,7 @@ impl Config {
         } else {
             None
         };
+        let dev = dev.map(Arc::new);
         let dev_jwks = dev
             .as_ref()
             .map(|d| format!("file://{}", d.jwks_path().display()));
@@ -474,11 +510,18 @@ impl Config {
                         .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
                     key_source("CLERK_JWKS_URL", &url)?
                 };
+                let publishable_key = args
+                    .clerk_publishable_key
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|pk| !pk.is_empty())
+                    .map(|pk| issuer_from_publishable_key(pk).map(|_| pk.to_owned()))
+                    .transpose()?;
                 Some(ClerkConfig {
                     issuer,
                     authorized_parties: parties,
                     keys,
-                    publishable_key: args.clerk_publishable_key.clone(),
+                    publishable_key,
                 })
             }
         };
@@ -538,8 +581,10 @@ impl Config {
             },
             dead_letter_topic,
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
+            cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             log_format,
             dev_mode: args.dev,
+            dev_identity: dev,
         })
     }
 }
@@ -558,6 +603,28 @@ mod tests {
             issuer_from_publishable_key(&pk).unwrap(),
             "https://clerk.example.com"
         );
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins() {
+        let ok = cors_origins(&[
+            "https://admin.example.com".into(),
+            " http://localhost:3000 ".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok, ["https://admin.example.com", "http://localhost:3000"]);
+        for bad in [
+            "*",
+            "https://admin.example.com/",
+            "https://admin.example.com/admin",
+            "HTTPS://Admin.example.com",
+            "admin.example.com",
+            "ftp://admin.example.com",
+            "https://admin.example.com:443",
+        ] {
+            let err = cors_origins(&[bad.into()]).unwrap_err().to_string();
+            assert!(err.contains("CORS_ALLOWED_ORIGINS"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`config`] — flags and environment, parsed and validated once at start-up.
 //! - [`startup`] — [`startup::Application`] binds the listener and serves.
 //! - [`http`] — the router, shared state, the one error type and one module per
-//!   resource (health, whoami, jobs, push).
+//!   resource (health, whoami, jobs, push, and [`http::admin`], the admin page
+//!   whose files live in `assets/admin/` and are embedded in the binary).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
 //!   verifiers, the per-issuer key cache and the extractors; [`auth::dev`] is
 //!   the local development identity.

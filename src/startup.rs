@@ -118,7 +118,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = router(self.state);
+        // The peer address reaches handlers as `ConnectInfo`: the admin page's
+        // development sign-in answers loopback peers only.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -9,7 +9,13 @@
 //! | `GET /jobs` | any verified caller | jobs with description and payload schema |
 //! | `POST /jobs/{name}` | trigger permission / allowed service account | run a job by hand |
 //! | `POST /pubsub/push[/{job}]` | allowed service account / trigger permission | Pub/Sub push |
+//! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
+//! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
+//!
+//! With `CORS_ALLOWED_ORIGINS` set, a CORS layer wraps every route so that an
+//! admin page hosted on another origin can call the API.
 
+pub mod admin;
 mod error;
 mod health;
 mod jobs;
@@ -42,11 +48,18 @@ pub struct AppState {
 
 /// The application's router over `state`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = admin::cors_layer(&state.config);
+    let app = Router::new()
         .merge(health::router())
         .merge(whoami::router())
         .merge(jobs::router())
         .merge(push::router())
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .merge(admin::router(&state.config))
+        .layer(TraceLayer::new_for_http());
+    // Outermost, so that preflights are answered before authentication.
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }

@@ -74,6 +74,16 @@ fn bad_configuration_names_the_variable() {
             "GOOGLE_SERVICE_ACCOUNTS",
         ),
         (
+            "CORS wildcard",
+            vec![("CORS_ALLOWED_ORIGINS", "*")],
+            "CORS_ALLOWED_ORIGINS",
+        ),
+        (
+            "CORS origin with a path",
+            vec![("CORS_ALLOWED_ORIGINS", "https://admin.example.com/admin")],
+            "CORS_ALLOWED_ORIGINS",
+        ),
+        (
             "JWKS over plain http",
             vec![
                 ("GOOGLE_AUDIENCES", "a"),
@@ -94,6 +104,15 @@ fn bad_configuration_names_the_variable() {
         (
             "bad publishable key",
             vec![("CLERK_PUBLISHABLE_KEY", "pk_live_%%%")],
+            "CLERK_PUBLISHABLE_KEY",
+        ),
+        (
+            "bad publishable key beside an issuer",
+            vec![
+                ("CLERK_ISSUER", "https://clerk.example.com"),
+                ("CLERK_AUTHORIZED_PARTIES", "https://a.example.com"),
+                ("CLERK_PUBLISHABLE_KEY", "pk_test_%%%"),
+            ],
             "CLERK_PUBLISHABLE_KEY",
         ),
         (

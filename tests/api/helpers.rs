@@ -345,6 +345,8 @@ pub struct Options {
     pub clerk: bool,
     pub dead_letter_topic: Option<String>,
     pub emulator_host: Option<String>,
+    pub publishable_key: Option<String>,
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -361,6 +363,8 @@ impl Default for Options {
             clerk: true,
             dead_letter_topic: None,
             emulator_host: None,
+            publishable_key: None,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -398,7 +402,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
                 Some(pem) => KeySource::Pem(pem.clone()),
                 None => KeySource::Url(keys.clerk_url()),
             },
-            publishable_key: None,
+            publishable_key: options.publishable_key.clone(),
         }),
         leeway: Duration::from_secs(5),
         trigger: TriggerPolicy {
@@ -417,8 +421,10 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
+        cors_allowed_origins: options.cors_allowed_origins.clone(),
         log_format: LogFormat::Text,
         dev_mode: false,
+        dev_identity: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! helper per endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod auth;
 mod binary;
 mod emulator;
