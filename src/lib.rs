@@ -13,12 +13,15 @@
 //! - [`config`] — flags and environment, parsed and validated once at start-up.
 //! - [`startup`] — [`startup::Application`] binds the listener and serves.
 //! - [`http`] — the router, shared state, the one error type and one module per
-//!   resource (health, whoami, jobs, push).
+//!   resource (health, whoami, jobs, push, runs).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
 //!   verifiers, the per-issuer key cache and the extractors; [`auth::dev`] is
 //!   the local development identity.
 //! - [`pubsub`] — the push envelope, wrapped and unwrapped.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and the example jobs.
+//! - [`runs`] — the run ledger: a record of every dispatch, the claim that
+//!   makes a message or `Idempotency-Key` run once, the in-memory and
+//!   PostgreSQL stores, and the runner both handlers call.
 //! - [`cli`] — the `pushworker` command line (`serve`, `dev-token`).
 //! - [`telemetry`] — logging setup.
 
@@ -28,5 +31,6 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod pubsub;
+pub mod runs;
 pub mod startup;
 pub mod telemetry;
