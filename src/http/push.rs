@@ -7,8 +7,23 @@
 //! ones (undecodable, unknown job, payload that does not fit, a job's own
 //! permanent error) as 4xx, logged at error level with the message id. A
 //! permanent failure is never dropped silently.
+//!
+//! Pub/Sub delivers at least once, sometimes to two instances at the same
+//! moment, so each delivery is recorded and claimed in the run ledger by
+//! (subscription, message id) before its job runs (see [`crate::runs`]):
+//!
+//! | the message's run | answer | |
+//! |---|---|---|
+//! | none, failed, or lease expired | the job runs | as above |
+//! | succeeded (or dead-lettered) | 204, recorded as `duplicate` | ack, not run again |
+//! | running, lease live | 409 `run_in_progress`, recorded as `duplicate` | nack: it comes back, and runs if that run failed or died |
+//! | ledger unreachable | 503 `store_unavailable` + `Retry-After` | nack; nothing runs unrecorded |
+//!
+//! 409 rather than 503 for "in progress": both are nacks to Pub/Sub, but 409
+//! says "this message is being handled" to operators and dashboards, where
+//! a 5xx would read as the worker failing.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -17,9 +32,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::post,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
-use uuid::Uuid;
 
 use super::{
     AppState, Error,
@@ -27,8 +40,12 @@ use super::{
 };
 use crate::{
     auth::{CanTrigger, Principal},
-    jobs::{JobContext, RunSource},
+    jobs::RunSource,
     pubsub,
+    runs::{
+        DedupKey,
+        runner::{Outcome, RunRequest},
+    },
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -98,37 +115,59 @@ async fn handle(
         return Err(err);
     };
     span.record("job", job.as_str());
-    let run_id = Uuid::now_v7();
-    span.record("run_id", tracing::field::display(run_id));
 
-    let ctx = JobContext {
-        run_id,
-        source: RunSource::Push,
-        principal: Arc::new(principal),
-        message: Some(Arc::clone(&meta)),
-        attempt,
-        cancel: CancellationToken::new(),
-    };
-    let started = Instant::now();
-    let result = state
-        .jobs
-        .dispatch(
-            &job,
-            payload_or_empty_object(&message.data),
-            ctx,
-            state.config.job_timeout,
-        )
-        .await;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(_) => {
+    // Recorded and claimed by (subscription, message id) before anything
+    // runs: a store outage is a 503 (nack), never an ack without a record.
+    let outcome = state
+        .runner()
+        .run(RunRequest {
+            dedup: Some(DedupKey::push(
+                meta.subscription.as_deref(),
+                &meta.message_id,
+            )),
+            job,
+            source: RunSource::Push,
+            principal: Arc::new(principal),
+            message: Some(Arc::clone(&meta)),
+            attempt,
+            idempotency_key: None,
+            payload: payload_or_empty_object(&message.data).to_vec(),
+        })
+        .await?;
+    match outcome {
+        Outcome::Ran {
+            result: Ok(_),
+            duration_ms,
+            ..
+        } => {
             tracing::info!(duration_ms, "push done (acked)");
             Ok(StatusCode::NO_CONTENT)
         }
-        Err(e) if e.is_permanent() => {
+        Outcome::Ran {
+            result: Err(e),
+            duration_ms,
+            ..
+        } if e.is_permanent() => {
+            // The run is recorded `failed_permanent`; a dead-letter step
+            // would publish here, ack, and record `RunStatus::DeadLettered`
+            // with `state.runs.finish(run_id, Finish::status(..))`.
             tracing::error!(kind = e.kind(), reason = %e, duration_ms, "push failed permanently (nacked; the dead-letter policy will catch it)");
             Err(e.into())
         }
-        Err(e) => Err(e.into()),
+        Outcome::Ran { result: Err(e), .. } => Err(e.into()),
+        Outcome::Duplicate {
+            original_run_id, ..
+        } => {
+            tracing::info!(%original_run_id, "duplicate delivery of a message already done (acked, not run again)");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Outcome::InProgress {
+            original_run_id, ..
+        } => {
+            tracing::info!(%original_run_id, "delivery of a message in progress elsewhere (nacked with 409)");
+            Err(Error::RunInProgress {
+                run_id: original_run_id,
+            })
+        }
     }
 }

@@ -16,7 +16,8 @@ use axum::{Json, Router, extract::State, http::header, response::IntoResponse, r
 use pushworker::{
     auth::{Principal, dev::SigningKey},
     config::{
-        ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, TriggerPolicy,
+        ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
+        Secret, TriggerPolicy,
     },
     jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
     pubsub::MessageMeta,
@@ -312,6 +313,12 @@ pub struct Options {
     pub clerk_jwt_key: Option<String>,
     pub google: bool,
     pub clerk: bool,
+    /// The run ledger: PostgreSQL at this URL, or memory when `None`.
+    pub database_url: Option<String>,
+    /// How long a run holds its message without finishing.
+    pub lease: Duration,
+    pub runs_max_records: usize,
+    pub payload_cap: usize,
 }
 
 impl Default for Options {
@@ -326,6 +333,10 @@ impl Default for Options {
             clerk_jwt_key: None,
             google: true,
             clerk: true,
+            database_url: None,
+            lease: Duration::from_secs(31),
+            runs_max_records: 10_000,
+            payload_cap: 64 * 1024,
         }
     }
 }
@@ -380,6 +391,13 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             fetch_timeout: options.fetch_timeout,
         },
         webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        runs: RunsConfig {
+            database_url: options.database_url.clone().map(Secret::new),
+            lease: options.lease,
+            max_records: options.runs_max_records,
+            payload_cap: options.payload_cap,
+            ..RunsConfig::defaults(options.job_timeout)
+        },
         log_format: LogFormat::Text,
         dev_mode: false,
     }
