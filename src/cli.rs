@@ -124,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         google = config.google.is_some(),
         clerk = config.clerk.is_some(),
         jobs = ?app.state().jobs,
+        runs = app.state().runs.kind(),
         "pushworker listening"
     );
     app.run(shutdown_signal()).await

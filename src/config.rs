@@ -8,7 +8,7 @@
 //! program re-reads the environment.
 //!
 //! Nothing secret is printed: [`Config`] implements `Debug` by hand and the
-//! only secret-like values (a PEM key, later a database URL) are shown as
+//! only secret-like values (a PEM key, the database URL) are shown as
 //! `<set>`/`<unset>`.
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -141,6 +141,41 @@ pub struct ServeArgs {
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
 
+    /// PostgreSQL URL of the run ledger (`postgres://USER:PASSWORD@HOST/DB`;
+    /// Cloud SQL, AlloyDB or any PostgreSQL), shared by every instance. Unset:
+    /// runs are kept in memory, per instance. Secret: never printed.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// How long a run holds its message (or `Idempotency-Key`) without
+    /// finishing before a redelivery may take over, in seconds: how long a
+    /// crashed instance blocks a message. Must exceed `JOB_TIMEOUT_SECS`
+    /// (default: the job timeout + 30).
+    #[arg(long, env = "RUN_LEASE_SECS")]
+    pub run_lease_secs: Option<u64>,
+
+    /// Most run records the in-memory ledger keeps (the oldest go first).
+    #[arg(long, env = "RUNS_MAX_RECORDS", default_value_t = 10_000)]
+    pub runs_max_records: usize,
+
+    /// How long run records are kept, in hours (both ledgers).
+    #[arg(long, env = "RUNS_RETENTION_HOURS", default_value_t = 168)]
+    pub runs_retention_hours: u64,
+
+    /// Clerk permission that allows reading the run ledger (`GET /runs`);
+    /// users who may trigger jobs may read it too.
+    #[arg(long, env = "RUNS_VIEW_PERMISSION", default_value = "org:jobs:read")]
+    pub runs_view_permission: String,
+
+    /// Largest payload kept in a run record, in bytes; larger ones are
+    /// recorded by digest only.
+    #[arg(long, env = "RUN_PAYLOAD_CAP_BYTES", default_value_t = 65_536)]
+    pub run_payload_cap_bytes: usize,
+
+    /// Largest job output kept in a run record, in bytes.
+    #[arg(long, env = "RUN_OUTPUT_CAP_BYTES", default_value_t = 65_536)]
+    pub run_output_cap_bytes: usize,
+
     /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
     /// Run (`K_SERVICE` set), text elsewhere.
     #[arg(long, env = "LOG_FORMAT")]
@@ -239,6 +274,80 @@ pub struct TriggerPolicy {
     pub roles: Vec<String>,
 }
 
+/// A secret setting (`DATABASE_URL`): `Debug` shows `<set>`, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<set>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The run ledger's settings.
+#[derive(Debug, Clone)]
+pub struct RunsConfig {
+    /// PostgreSQL URL; `None` keeps runs in memory.
+    pub database_url: Option<Secret>,
+    /// How long a run holds its key without finishing.
+    pub lease: Duration,
+    /// The in-memory ledger's bound on records.
+    pub max_records: usize,
+    /// How long records are kept.
+    pub retention: Duration,
+    /// The Clerk permission that allows reading runs.
+    pub view_permission: String,
+    /// Largest payload kept in a record.
+    pub payload_cap: usize,
+    /// Largest output kept in a record.
+    pub output_cap: usize,
+}
+
+impl RunsConfig {
+    /// The defaults, for a job timeout of `job_timeout`: in memory, lease of
+    /// the timeout + 30 s, 10,000 records, a week, `org:jobs:read`, 64 KiB.
+    pub fn defaults(job_timeout: Duration) -> Self {
+        Self {
+            database_url: None,
+            lease: job_timeout + Duration::from_secs(30),
+            max_records: 10_000,
+            retention: Duration::from_secs(168 * 3600),
+            view_permission: "org:jobs:read".to_owned(),
+            payload_cap: 64 * 1024,
+            output_cap: 64 * 1024,
+        }
+    }
+
+    /// What the stores need.
+    pub fn store_settings(&self) -> crate::runs::StoreSettings {
+        crate::runs::StoreSettings {
+            lease: self.lease,
+            retention: self.retention,
+            max_records: self.max_records,
+        }
+    }
+}
+
 /// The validated configuration of a running worker.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -268,6 +377,8 @@ pub struct Config {
     pub pubsub: crate::pubsub::gcp::PubsubTarget,
     /// Origins allowed to call the API cross-origin (empty: no CORS).
     pub cors_allowed_origins: Vec<String>,
+    /// The run ledger.
+    pub runs: RunsConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether the development identity is trusted.
@@ -363,6 +474,70 @@ pub fn issuer_from_publishable_key(key: &str) -> anyhow::Result<String> {
     Ok(format!("https://{host}"))
 }
 
+/// Validates the run ledger's settings.
+fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
+    let database_url = args
+        .database_url
+        .as_ref()
+        .filter(|u| !u.expose().trim().is_empty())
+        .map(|u| {
+            let url = u.expose().trim();
+            // Parsed as the driver will; the value is never echoed.
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("DATABASE_URL: must be a postgres:// or postgresql:// URL");
+            }
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(|_| {
+                anyhow::anyhow!("DATABASE_URL: not a valid PostgreSQL connection URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)")
+            })?;
+            Ok(Secret::new(url))
+        })
+        .transpose()?;
+    let lease_secs = args
+        .run_lease_secs
+        .unwrap_or(args.job_timeout_secs.saturating_add(30));
+    if lease_secs <= args.job_timeout_secs || lease_secs > 86_400 {
+        bail!(
+            "RUN_LEASE_SECS: {lease_secs} is out of range; use more than JOB_TIMEOUT_SECS ({}) and at most 86400, so that a live run never loses its message",
+            args.job_timeout_secs
+        );
+    }
+    if args.runs_max_records == 0 || args.runs_max_records > 10_000_000 {
+        bail!(
+            "RUNS_MAX_RECORDS: {} is out of range; use 1 to 10000000",
+            args.runs_max_records
+        );
+    }
+    if args.runs_retention_hours == 0 || args.runs_retention_hours > 24 * 366 {
+        bail!(
+            "RUNS_RETENTION_HOURS: {} is out of range; use 1 to 8784",
+            args.runs_retention_hours
+        );
+    }
+    if args.runs_view_permission.trim().is_empty() {
+        bail!("RUNS_VIEW_PERMISSION: must not be empty (e.g. org:jobs:read)");
+    }
+    for (var, value) in [
+        ("RUN_PAYLOAD_CAP_BYTES", args.run_payload_cap_bytes),
+        ("RUN_OUTPUT_CAP_BYTES", args.run_output_cap_bytes),
+    ] {
+        if value > crate::pubsub::MAX_MESSAGE_BYTES {
+            bail!(
+                "{var}: {value} is too large; use at most {}",
+                crate::pubsub::MAX_MESSAGE_BYTES
+            );
+        }
+    }
+    Ok(RunsConfig {
+        database_url,
+        lease: Duration::from_secs(lease_secs),
+        max_records: args.runs_max_records,
+        retention: Duration::from_secs(args.runs_retention_hours * 3600),
+        view_permission: args.runs_view_permission.trim().to_owned(),
+        payload_cap: args.run_payload_cap_bytes,
+        output_cap: args.run_output_cap_bytes,
+    })
+}
+
 impl Config {
     /// Validates raw arguments into a [`Config`]. In dev mode this also
     /// creates (or loads) the development identity and fills every unset
@@ -404,6 +579,8 @@ impl Config {
         if args.job_attribute.trim().is_empty() {
             bail!("JOB_ATTRIBUTE: must not be empty (e.g. job)");
         }
+
+        let runs = runs_config(args)?;
 
         let dev = if args.dev {
             Some(DevIdentity::load_or_create(&args.dev_dir).with_context(|| {
@@ -582,6 +759,7 @@ impl Config {
             dead_letter_topic,
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
+            runs,
             log_format,
             dev_mode: args.dev,
             dev_identity: dev,
@@ -603,6 +781,59 @@ mod tests {
             issuer_from_publishable_key(&pk).unwrap(),
             "https://clerk.example.com"
         );
+    }
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        use clap::Parser as _;
+        let mut argv = vec!["pushworker", "serve"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Serve(args) => *args,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn ledger_defaults_and_a_secret_database_url() {
+        let config = Config::from_args(&serve_args(&["--job-timeout-secs", "20"])).unwrap();
+        assert!(config.runs.database_url.is_none(), "memory by default");
+        assert_eq!(
+            config.runs.lease,
+            Duration::from_secs(50),
+            "job timeout + 30 s"
+        );
+        assert_eq!(config.runs.max_records, 10_000);
+        assert_eq!(config.runs.retention, Duration::from_secs(168 * 3600));
+        assert_eq!(config.runs.view_permission, "org:jobs:read");
+        assert_eq!(config.runs.payload_cap, 65_536);
+
+        let url = "postgres://app:hunter2@10.0.0.5:5432/runs?sslmode=require";
+        let config = Config::from_args(&serve_args(&["--database-url", url])).unwrap();
+        assert_eq!(config.runs.database_url.as_ref().unwrap().expose(), url);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<set>"));
+    }
+
+    #[test]
+    fn bad_ledger_settings_name_the_variable() {
+        for (args, expect) in [
+            (vec!["--database-url", "mysql://a:b@h/d"], "DATABASE_URL"),
+            (vec!["--run-lease-secs", "60"], "RUN_LEASE_SECS"),
+            (vec!["--runs-max-records", "0"], "RUNS_MAX_RECORDS"),
+            (vec!["--runs-retention-hours", "0"], "RUNS_RETENTION_HOURS"),
+            (vec!["--runs-view-permission", ""], "RUNS_VIEW_PERMISSION"),
+            (
+                vec!["--run-output-cap-bytes", "99999999"],
+                "RUN_OUTPUT_CAP_BYTES",
+            ),
+        ] {
+            let err = Config::from_args(&serve_args(&args))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{args:?}: {err}");
+            assert!(!err.contains("a:b@"), "{args:?}: {err}");
+        }
     }
 
     #[test]

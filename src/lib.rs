@@ -14,7 +14,8 @@
 //! - [`startup`] — [`startup::Application`] binds the listener and serves.
 //! - [`http`] — the router, shared state, the one error type and one module per
 //!   resource (health, whoami, jobs, push, and [`http::admin`], the admin page
-//!   whose files live in `assets/admin/` and are embedded in the binary).
+//!   whose files live in `assets/admin/` and are embedded in the binary, and
+//!   runs, the ledger's read API).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
 //!   verifiers, the per-issuer key cache and the extractors; [`auth::dev`] is
 //!   the local development identity.
@@ -23,6 +24,9 @@
 //! - [`replay`] — `pushworker replay`: deliver messages from files or a
 //!   subscription (real Pub/Sub or the emulator) exactly as a push would.
 //! - [`cli`] — the `pushworker` command line (`serve`, `dev-token`, `replay`).
+//! - [`runs`] — the run ledger: a record of every dispatch, the claim that
+//!   makes a message or `Idempotency-Key` run once, the in-memory and
+//!   PostgreSQL stores, and the runner both handlers call.
 //! - [`telemetry`] — logging setup.
 
 pub mod auth;
@@ -32,5 +36,6 @@ pub mod http;
 pub mod jobs;
 pub mod pubsub;
 pub mod replay;
+pub mod runs;
 pub mod startup;
 pub mod telemetry;

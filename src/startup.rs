@@ -1,7 +1,9 @@
 //! Building and running the application: [`Application::build`] validates
 //! nothing further (the [`Config`] is already valid), wires the state, starts
-//! prefetching keys and binds the listener (port 0 picks a free port, as tests
-//! do); [`Application::run`] serves until the shutdown future completes.
+//! prefetching keys, opens the run ledger (PostgreSQL with `DATABASE_URL`,
+//! migrated here; memory otherwise) and binds the listener (port 0 picks a
+//! free port, as tests do); [`Application::run`] serves until the shutdown
+//! future completes.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,7 +16,11 @@ use crate::{
     http::{AppState, router},
     jobs::{JobDeps, JobRegistry},
     pubsub::dead_letter::DeadLetter,
+    runs::{RunStore, memory::MemoryStore, postgres::PgStore, spawn_pruner},
 };
+
+/// How often old runs are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A bound, ready-to-serve worker.
 pub struct Application {
@@ -87,6 +93,12 @@ impl Application {
             )),
             None => None,
         };
+        let settings = config.runs.store_settings();
+        let runs: Arc<dyn RunStore> = match &config.runs.database_url {
+            Some(url) => Arc::new(PgStore::connect(url.expose(), settings).await?),
+            None => Arc::new(MemoryStore::new(settings)),
+        };
+        spawn_pruner(Arc::clone(&runs), PRUNE_EVERY);
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -98,6 +110,7 @@ impl Application {
                 auth: Arc::new(Authenticator::new(google, clerk)),
                 jobs: Arc::new(jobs),
                 dead_letter,
+                runs,
             },
         })
     }

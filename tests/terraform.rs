@@ -32,12 +32,6 @@ const CLOUD_RUN_DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 /// Pub/Sub's ack deadline when `ack_deadline_seconds` is not set.
 const PUBSUB_DEFAULT_ACK_DEADLINE_SECS: f64 = 10.0;
 
-/// Variables the Terraform sets that the worker does not read yet, because the
-/// features they configure are planned for later issues: the dead-letter
-/// topic the worker will publish poison messages to, and the database. Any
-/// other name the binary does not accept fails the test.
-const PLANNED_ENV: [&str; 2] = ["DEAD_LETTER_TOPIC", "DATABASE_URL"];
-
 // --- Loading -------------------------------------------------------------------
 
 fn infra_dir() -> PathBuf {
@@ -681,8 +675,8 @@ fn accepted_env_names() -> BTreeSet<String> {
     names
 }
 
-/// (g): every variable set on the container is one the worker reads (or one
-/// planned for a later issue), and none is set twice.
+/// (g): every variable set on the container is one the worker reads, and
+/// none is set twice.
 #[test]
 fn container_env_names_are_known_to_the_worker() {
     let body = load();
@@ -695,7 +689,7 @@ fn container_env_names_are_known_to_the_worker() {
             var.name
         );
         assert!(
-            accepted.contains(&var.name) || PLANNED_ENV.contains(&var.name.as_str()),
+            accepted.contains(&var.name),
             "the Cloud Run container sets {}, which `pushworker serve` does not read (a typo?); it reads: {}",
             var.name,
             accepted.iter().cloned().collect::<Vec<_>>().join(", ")

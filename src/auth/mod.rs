@@ -12,7 +12,10 @@
 //! Extractors narrow it:
 //! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
 //! - [`CanTrigger`]: may run jobs: an allowed Google service account, or a
-//!   Clerk user with the trigger permission (or role).
+//!   Clerk user with the trigger permission (or role);
+//! - [`CanViewRuns`]: may read the run ledger: a Clerk user with the view
+//!   permission, or one who may trigger. Service accounts may not: the ledger
+//!   holds every payload, and pushing a message is no reason to read others'.
 //!
 //! Failures follow RFC 6750 (see [`AuthError`]); tokens are never logged.
 
@@ -160,6 +163,42 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// Whether this caller may read the run ledger: a Clerk user with
+    /// `view_permission`, or one who may trigger jobs.
+    pub fn check_view_runs(
+        &self,
+        trigger: &TriggerPolicy,
+        view_permission: &str,
+    ) -> Result<(), AuthError> {
+        match self {
+            Self::Google(_) => Err(AuthError::InsufficientScope(
+                "the run ledger is for people signed in with Clerk, not service accounts"
+                    .to_owned(),
+            )),
+            Self::Clerk(user) => {
+                let org = user.organization.as_ref();
+                if org.is_some_and(|o| o.permissions.contains(view_permission))
+                    || self.check_trigger(trigger).is_ok()
+                {
+                    return Ok(());
+                }
+                let mut text = format!(
+                    "requires the permission {view_permission} or {}",
+                    trigger.permission
+                );
+                if !trigger.roles.is_empty() {
+                    text.push_str(&format!(" or the role {}", trigger.roles.join(" or ")));
+                }
+                if org.is_none() {
+                    text.push_str(" in the active organization (no organization is active)");
+                }
+                Err(AuthError::InsufficientScope(text))
+            }
+        }
+    }
+}
+
 /// The plain explanation of a refused trigger.
 pub fn trigger_denial(policy: &TriggerPolicy, has_org: bool) -> String {
     let mut text = format!("requires the permission {}", policy.permission);
@@ -261,6 +300,11 @@ pub struct Authenticated(pub Principal);
 #[derive(Debug, Clone)]
 pub struct CanTrigger(pub Principal);
 
+/// A caller allowed to read the run ledger (see
+/// [`Principal::check_view_runs`]).
+#[derive(Debug, Clone)]
+pub struct CanViewRuns(pub Principal);
+
 impl<S> FromRequestParts<S> for Authenticated
 where
     AppState: FromRef<S>,
@@ -286,6 +330,21 @@ where
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
         principal.check_trigger(&state.config.trigger)?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanViewRuns
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = crate::http::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission)?;
         Ok(Self(principal))
     }
 }

@@ -13,7 +13,9 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{auth::AuthError, jobs::DispatchError, pubsub::EnvelopeError};
+use uuid::Uuid;
+
+use crate::{auth::AuthError, jobs::DispatchError, pubsub::EnvelopeError, runs::StoreError};
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,38 @@ pub enum Error {
     /// redelivers and the next attempt tries again.
     #[error("dead-lettering failed: {0}")]
     DeadLetterFailed(String),
+    /// A query parameter or header with a bad value: 400 with `code` and a
+    /// message that gives the allowed values.
+    #[error("{message}")]
+    BadRequest {
+        /// The stable code (`invalid_query`, `invalid_idempotency_key`).
+        code: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// The request's message or `Idempotency-Key` is held by a run in
+    /// progress: 409 with that `run_id`. On the push path this is the nack
+    /// that brings the message back if that run dies (409, not 503, because
+    /// nothing is wrong with this worker; Pub/Sub treats both as a nack).
+    #[error(
+        "run {run_id} is in progress for this message or Idempotency-Key; try again once it has finished"
+    )]
+    RunInProgress {
+        /// The run holding the key.
+        run_id: Uuid,
+    },
+    /// An `Idempotency-Key` reused with a different payload: 422.
+    #[error(
+        "Idempotency-Key was first used with a different payload (run {run_id}); use a new key for a new request"
+    )]
+    IdempotencyKeyReused {
+        /// The run that holds the key.
+        run_id: Uuid,
+    },
+    /// The run ledger cannot be reached: 503 with `Retry-After`. Nothing ran
+    /// unrecorded; on the push path it is a nack.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Anything unexpected: 500, opaque.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -71,6 +105,10 @@ impl Error {
             Self::Dispatch(d) => dispatch_status(d),
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::RunInProgress { .. } => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +130,10 @@ impl Error {
             Self::Dispatch(d) => d.kind(),
             Self::NotFound(_) => "not_found",
             Self::DeadLetterFailed(_) => "dead_letter_failed",
+            Self::BadRequest { code, .. } => code,
+            Self::RunInProgress { .. } => "run_in_progress",
+            Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Self::Store(_) => "store_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -142,6 +184,9 @@ impl IntoResponse for Error {
                 Self::Dispatch(DispatchError::Transient(_) | DispatchError::Timeout(_)) => {
                     tracing::warn!(error = %self, "answered {status}: job failed transiently");
                 }
+                Self::Store(StoreError::Unavailable(cause)) => {
+                    tracing::error!(error = %format!("{cause:#}"), "answered 503: run store unavailable (nothing ran unrecorded)");
+                }
                 _ => tracing::error!(error = %format!("{self:#}"), "answered {status}"),
             }
             body["message"] = json!(match &self {
@@ -150,6 +195,7 @@ impl IntoResponse for Error {
                     "the job failed with a transient error; retry later",
                 Self::Dispatch(DispatchError::Timeout(_)) => "the job timed out",
                 Self::DeadLetterFailed(_) => "the message could not be dead-lettered; retry later",
+                Self::Store(_) => "the run ledger is unavailable; retry later",
                 _ => "internal error",
             });
         } else {
@@ -160,6 +206,9 @@ impl IntoResponse for Error {
             }
             if let Self::Auth(e) = &self {
                 tracing::debug!(error = %e, status = status.as_u16(), "request refused");
+            }
+            if let Self::RunInProgress { run_id } | Self::IdempotencyKeyReused { run_id } = &self {
+                body["run_id"] = json!(run_id);
             }
         }
         let mut response = (status, Json(body)).into_response();
@@ -187,7 +236,8 @@ impl IntoResponse for Error {
                 );
             }
             Self::Auth(AuthError::KeysUnavailable(_))
-            | Self::Dispatch(DispatchError::Transient(_)) => {
+            | Self::Dispatch(DispatchError::Transient(_))
+            | Self::Store(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             }
             _ => {}

@@ -2,25 +2,31 @@
 //! running a job by hand (Clerk users with the trigger permission) or from
 //! Cloud Scheduler / Cloud Tasks (allowed service accounts).
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{AppState, Error, dispatch_status};
 use crate::{
     auth::{Authenticated, CanTrigger, Principal},
-    jobs::{DispatchError, JobContext, RunSource},
+    jobs::{DispatchError, RunSource},
+    runs::{
+        DedupKey, RunRecord, RunStatus,
+        runner::{Outcome, RunRequest},
+    },
 };
+
+/// The header that makes a trigger idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -64,7 +70,70 @@ fn attempt_from_headers(headers: &HeaderMap) -> u32 {
         .map_or(1, |n| n.saturating_add(1))
 }
 
-/// Runs job `name` with the request body as payload and answers with the run.
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |message: &str| Error::BadRequest {
+        code: "invalid_idempotency_key",
+        message: format!("Idempotency-Key: {message}"),
+    };
+    if values.next().is_some() {
+        return Err(bad("send it once"));
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| bad("use 1 to 255 visible ASCII characters (a UUID is a good key)"))?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "use 1 to 255 visible ASCII characters (a UUID is a good key)",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The first run's answer to a repeat of its `Idempotency-Key`, with
+/// `Idempotent-Replayed: true`: the same status and body as it got.
+fn replay(job: &str, original_run_id: Uuid, original: Option<&RunRecord>) -> Response {
+    let (status, body) = match original {
+        Some(run) if run.status == RunStatus::Succeeded => {
+            let mut body = json!({
+                "run_id": run.run_id,
+                "job": run.job,
+                "status": "succeeded",
+                "output": run.output,
+                "duration_ms": run.duration_ms,
+            });
+            if run.output_truncated {
+                body["output_truncated"] = json!(true);
+            }
+            (StatusCode::OK, body)
+        }
+        // Dead-lettered, or the record was pruned while its key was kept.
+        other => (
+            StatusCode::OK,
+            json!({
+                "run_id": original_run_id,
+                "job": job,
+                "status": other.map_or("succeeded", |r| r.status.as_str()),
+                "output": other.and_then(|r| r.output.clone()),
+                "duration_ms": other.and_then(|r| r.duration_ms),
+            }),
+        ),
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Runs job `name` with the request body as payload and answers with the
+/// run. With an `Idempotency-Key` (per job and caller), a repeat answers the
+/// first run's result without running again, or 409 while it still runs; a
+/// failed run's key may run again.
 #[tracing::instrument(skip_all, fields(job = %name, principal = %principal.kind(), source, run_id))]
 async fn trigger(
     State(state): State<AppState>,
@@ -77,33 +146,69 @@ async fn trigger(
         return Err(DispatchError::UnknownJob(name).into());
     }
     let body = body.map_err(body_error)?;
-    let run_id = Uuid::now_v7();
+    let key = idempotency_key(&headers)?;
     let source = match principal {
         Principal::Google(_) => RunSource::Service,
         Principal::Clerk(_) => RunSource::Manual,
     };
-    let span = tracing::Span::current();
-    span.record("run_id", tracing::field::display(run_id));
-    span.record("source", source.as_str());
-    let ctx = JobContext {
-        run_id,
-        source,
-        principal: Arc::new(principal),
-        message: None,
-        attempt: attempt_from_headers(&headers),
-        cancel: CancellationToken::new(),
+    tracing::Span::current().record("source", source.as_str());
+    let payload = payload_or_empty_object(&body).to_vec();
+    let digest = crate::runs::digest(&payload);
+    let outcome = state
+        .runner()
+        .run(RunRequest {
+            dedup: key
+                .as_deref()
+                .map(|k| DedupKey::manual(&name, principal.id(), k)),
+            job: name.clone(),
+            source,
+            principal: Arc::new(principal),
+            message: None,
+            attempt: attempt_from_headers(&headers),
+            idempotency_key: key,
+            payload,
+        })
+        .await?;
+    let (run_id, result, duration_ms) = match outcome {
+        Outcome::Ran {
+            run_id,
+            result,
+            duration_ms,
+        } => (run_id, result, duration_ms),
+        Outcome::Duplicate {
+            original_run_id,
+            original,
+            ..
+        } => {
+            if original
+                .as_ref()
+                .is_some_and(|o| o.payload_digest != digest)
+            {
+                return Err(Error::IdempotencyKeyReused {
+                    run_id: original_run_id,
+                });
+            }
+            tracing::info!(%original_run_id, "repeat of an Idempotency-Key: answering the first run's result");
+            return Ok(replay(&name, original_run_id, original.as_deref()));
+        }
+        Outcome::InProgress {
+            original_run_id,
+            original,
+            ..
+        } => {
+            if original
+                .as_ref()
+                .is_some_and(|o| o.payload_digest != digest)
+            {
+                return Err(Error::IdempotencyKeyReused {
+                    run_id: original_run_id,
+                });
+            }
+            return Err(Error::RunInProgress {
+                run_id: original_run_id,
+            });
+        }
     };
-    let started = Instant::now();
-    let result = state
-        .jobs
-        .dispatch(
-            &name,
-            payload_or_empty_object(&body),
-            ctx,
-            state.config.job_timeout,
-        )
-        .await;
-    let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(output) => {
             tracing::info!(duration_ms, "job succeeded");
@@ -116,7 +221,8 @@ async fn trigger(
             }))
             .into_response())
         }
-        // Nothing ran: answer as a plain client error.
+        // The payload did not fit the job (recorded `failed_permanent`):
+        // answered as a plain client error.
         Err(
             e @ (DispatchError::UnknownJob(_)
             | DispatchError::NotJson { .. }

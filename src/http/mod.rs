@@ -11,6 +11,7 @@
 //! | `POST /pubsub/push[/{job}]` | allowed service account / trigger permission | Pub/Sub push |
 //! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
+//! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |
 //!
 //! With `CORS_ALLOWED_ORIGINS` set, a CORS layer wraps every route so that an
 //! admin page hosted on another origin can call the API.
@@ -20,6 +21,7 @@ mod error;
 mod health;
 mod jobs;
 mod push;
+mod runs;
 mod whoami;
 
 use std::sync::Arc;
@@ -30,7 +32,14 @@ use tower_http::trace::TraceLayer;
 pub use error::{Error, dispatch_status};
 
 use crate::{
-    auth::Authenticator, config::Config, jobs::JobRegistry, pubsub::dead_letter::DeadLetter,
+    auth::Authenticator,
+    config::Config,
+    jobs::JobRegistry,
+    pubsub::dead_letter::DeadLetter,
+    runs::{
+        RunStore,
+        runner::{RunLimits, Runner},
+    },
 };
 
 /// What every handler can reach. Cheap to clone.
@@ -44,6 +53,23 @@ pub struct AppState {
     pub jobs: Arc<JobRegistry>,
     /// The dead-letter publisher, when `DEAD_LETTER_TOPIC` is set.
     pub dead_letter: Option<Arc<DeadLetter>>,
+    /// The run ledger (memory, or PostgreSQL with `DATABASE_URL`).
+    pub runs: Arc<dyn RunStore>,
+}
+
+impl AppState {
+    /// The record-claim-run-finish sequence over this state's ledger and jobs.
+    pub fn runner(&self) -> Runner {
+        Runner::new(
+            Arc::clone(&self.runs),
+            Arc::clone(&self.jobs),
+            RunLimits {
+                job_timeout: self.config.job_timeout,
+                payload_cap: self.config.runs.payload_cap,
+                output_cap: self.config.runs.output_cap,
+            },
+        )
+    }
 }
 
 /// The application's router over `state`.
@@ -54,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whoami::router())
         .merge(jobs::router())
         .merge(push::router())
+        .merge(runs::router())
         .merge(admin::router(&state.config))
         .layer(TraceLayer::new_for_http());
     // Outermost, so that preflights are answered before authentication.

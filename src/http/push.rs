@@ -6,11 +6,28 @@
 //! dead-letter policy eventually catches: transient ones as 5xx, permanent
 //! ones (undecodable, unknown job, payload that does not fit, a job's own
 //! permanent error) as 4xx, logged at error level with the message id. A
-//! permanent failure is never dropped silently: with `DEAD_LETTER_TOPIC` set
-//! it is published there (with the reason) and only then acked; without, it
-//! is nacked and left to the subscription's dead-letter policy.
+//! permanent failure is never dropped silently.
+//!
+//! Pub/Sub delivers at least once, sometimes to two instances at the same
+//! moment, so each delivery is recorded and claimed in the run ledger by
+//! (subscription, message id) before its job runs (see [`crate::runs`]):
+//!
+//! | the message's run | answer | |
+//! |---|---|---|
+//! | none, failed, or lease expired | the job runs | as above |
+//! | succeeded (or dead-lettered) | 204, recorded as `duplicate` | ack, not run again |
+//! | running, lease live | 409 `run_in_progress`, recorded as `duplicate` | nack: it comes back, and runs if that run failed or died |
+//! | ledger unreachable | 503 `store_unavailable` + `Retry-After` | nack; nothing runs unrecorded |
+//!
+//! With `DEAD_LETTER_TOPIC` set, every permanent failure is instead published
+//! there (with the reason) and only then acked (204); if that publish fails,
+//! 503 `dead_letter_failed`, a nack.
+//!
+//! 409 rather than 503 for "in progress": both are nacks to Pub/Sub, but 409
+//! says "this message is being handled" to operators and dashboards, where
+//! a 5xx would read as the worker failing.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -19,9 +36,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::post,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
-use uuid::Uuid;
 
 use super::{
     AppState, Error,
@@ -29,9 +44,14 @@ use super::{
 };
 use crate::{
     auth::{CanTrigger, Principal},
-    jobs::{JobContext, RunSource},
+    jobs::RunSource,
     pubsub::{self, MessageMeta, dead_letter::Reason},
+    runs::{
+        DedupKey, Finish, RunStatus,
+        runner::{Outcome, RunRequest},
+    },
 };
+use uuid::Uuid;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -78,7 +98,8 @@ async fn handle(
     let message = match pubsub::parse_push(&headers, &body) {
         Ok(m) => m,
         Err(e) => {
-            // Nothing decodable: dead-letter the raw body so it can be inspected.
+            // Nothing decodable (and nothing recorded, as nothing was
+            // dispatched): dead-letter the raw body so it can be inspected.
             let meta = MessageMeta {
                 message_id: headers
                     .get("x-goog-pubsub-message-id")
@@ -92,7 +113,7 @@ async fn handle(
                 text: e.to_string(),
                 job: path_job.as_deref(),
             };
-            return permanent_failure(&state, &meta, &body, reason, e.into()).await;
+            return permanent_failure(&state, &meta, &body, reason, e.into(), None).await;
         }
     };
     drop(body);
@@ -114,58 +135,81 @@ async fn handle(
             text: err.to_string(),
             job: None,
         };
-        return permanent_failure(&state, &meta, &message.data, reason, err).await;
+        return permanent_failure(&state, &meta, &message.data, reason, err, None).await;
     };
     span.record("job", job.as_str());
-    let run_id = Uuid::now_v7();
-    span.record("run_id", tracing::field::display(run_id));
 
-    let ctx = JobContext {
-        run_id,
-        source: RunSource::Push,
-        principal: Arc::new(principal),
-        message: Some(Arc::clone(&meta)),
-        attempt,
-        cancel: CancellationToken::new(),
-    };
-    let started = Instant::now();
-    let result = state
-        .jobs
-        .dispatch(
-            &job,
-            payload_or_empty_object(&message.data),
-            ctx,
-            state.config.job_timeout,
-        )
-        .await;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(_) => {
+    // Recorded and claimed by (subscription, message id) before anything
+    // runs: a store outage is a 503 (nack), never an ack without a record.
+    let outcome = state
+        .runner()
+        .run(RunRequest {
+            dedup: Some(DedupKey::push(
+                meta.subscription.as_deref(),
+                &meta.message_id,
+            )),
+            job: job.clone(),
+            source: RunSource::Push,
+            principal: Arc::new(principal),
+            message: Some(Arc::clone(&meta)),
+            attempt,
+            idempotency_key: None,
+            payload: payload_or_empty_object(&message.data).to_vec(),
+        })
+        .await?;
+    match outcome {
+        Outcome::Ran {
+            result: Ok(_),
+            duration_ms,
+            ..
+        } => {
             tracing::info!(duration_ms, "push done (acked)");
             Ok(StatusCode::NO_CONTENT)
         }
-        Err(e) if e.is_permanent() => {
+        Outcome::Ran {
+            run_id,
+            result: Err(e),
+            ..
+        } if e.is_permanent() => {
+            // The run is recorded `failed_permanent`; once dead-lettered it
+            // becomes `dead_lettered`.
             let reason = Reason {
                 kind: e.kind(),
                 text: e.to_string(),
                 job: Some(&job),
             };
-            permanent_failure(&state, &meta, &message.data, reason, e.into()).await
+            permanent_failure(&state, &meta, &message.data, reason, e.into(), Some(run_id)).await
         }
-        Err(e) => Err(e.into()),
+        Outcome::Ran { result: Err(e), .. } => Err(e.into()),
+        Outcome::Duplicate {
+            original_run_id, ..
+        } => {
+            tracing::info!(%original_run_id, "duplicate delivery of a message already done (acked, not run again)");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Outcome::InProgress {
+            original_run_id, ..
+        } => {
+            tracing::info!(%original_run_id, "delivery of a message in progress elsewhere (nacked with 409)");
+            Err(Error::RunInProgress {
+                run_id: original_run_id,
+            })
+        }
     }
 }
 
 /// A message that will never succeed: dead-letter it and ack when a
 /// dead-letter topic is configured (nack if that publish fails); otherwise
 /// nack with `err` and leave it to the subscription's dead-letter policy.
-/// Either way it is logged at error level with the message id.
+/// Either way it is logged at error level with the message id; a recorded
+/// run becomes `dead_lettered`.
 async fn permanent_failure(
     state: &AppState,
     meta: &MessageMeta,
     data: &[u8],
     reason: Reason<'_>,
     err: Error,
+    run_id: Option<Uuid>,
 ) -> Result<StatusCode, Error> {
     let Some(dead_letter) = &state.dead_letter else {
         tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently (nacked; the subscription's dead-letter policy will catch it)");
@@ -178,6 +222,16 @@ async fn permanent_failure(
     match dead_letter.publish(meta, data, &reason).await {
         Ok(id) => {
             tracing::error!(kind = reason.kind, reason = %reason.text, topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
+            if let Some(run_id) = run_id
+                && let Err(e) = state
+                    .runs
+                    .finish(run_id, Finish::status(RunStatus::DeadLettered))
+                    .await
+            {
+                // Published and acked all the same: the record stays
+                // `failed_permanent`, so a redelivery would dead-letter again.
+                tracing::warn!(%run_id, error = %e, "could not record the run as dead-lettered");
+            }
             Ok(StatusCode::NO_CONTENT)
         }
         Err(publish_error) => {

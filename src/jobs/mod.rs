@@ -48,6 +48,13 @@ impl RunSource {
             Self::Service => "service",
         }
     }
+
+    /// Parses a source's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Push, Self::Manual, Self::Service]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 /// What a job knows about its run.

@@ -16,10 +16,12 @@ use axum::{Json, Router, extract::State, http::header, response::IntoResponse, r
 use pushworker::{
     auth::{Principal, dev::SigningKey},
     config::{
-        ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, TriggerPolicy,
+        ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
+        Secret, TriggerPolicy,
     },
     jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
     pubsub::MessageMeta,
+    runs::RunStore,
     startup::Application,
 };
 use serde_json::{Value, json};
@@ -331,6 +333,30 @@ impl Job for Explode {
     }
 }
 
+/// `count`: counts its runs in a counter the test holds (shared by every
+/// instance built from the same [`Options`]), then waits `millis`, so that
+/// deliveries overlap. On its first run only, `hang_first: true` makes it
+/// wait forever, ignoring cancellation (a stuck or dying instance).
+#[derive(Clone)]
+pub struct Count(pub Arc<AtomicUsize>);
+
+impl Job for Count {
+    const NAME: &'static str = "count";
+    const DESCRIPTION: &'static str = "Test job: counts its runs, then waits.";
+    type Payload = Value;
+    type Output = Value;
+
+    async fn run(&self, payload: Value, _: JobContext) -> Result<Value, JobError> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 && payload["hang_first"] == json!(true) {
+            std::future::pending::<()>().await;
+        }
+        let millis = payload["millis"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(json!({ "count": n }))
+    }
+}
+
 /// Settings a test may change.
 #[derive(Clone)]
 pub struct Options {
@@ -347,6 +373,14 @@ pub struct Options {
     pub emulator_host: Option<String>,
     pub publishable_key: Option<String>,
     pub cors_allowed_origins: Vec<String>,
+    /// The run ledger: PostgreSQL at this URL, or memory when `None`.
+    pub database_url: Option<String>,
+    /// How long a run holds its message without finishing.
+    pub lease: Duration,
+    pub runs_max_records: usize,
+    pub payload_cap: usize,
+    /// The `count` job's counter.
+    pub counter: Arc<AtomicUsize>,
 }
 
 impl Default for Options {
@@ -365,6 +399,11 @@ impl Default for Options {
             emulator_host: None,
             publishable_key: None,
             cors_allowed_origins: Vec::new(),
+            database_url: None,
+            lease: Duration::from_secs(31),
+            runs_max_records: 10_000,
+            payload_cap: 64 * 1024,
+            counter: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -374,6 +413,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: KeyServer,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The app's run ledger.
+    pub runs: Arc<dyn RunStore>,
+    /// Runs of the `count` job.
+    pub counter: Arc<AtomicUsize>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -422,6 +465,13 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
+        runs: RunsConfig {
+            database_url: options.database_url.clone().map(Secret::new),
+            lease: options.lease,
+            max_records: options.runs_max_records,
+            payload_cap: options.payload_cap,
+            ..RunsConfig::defaults(options.job_timeout)
+        },
         log_format: LogFormat::Text,
         dev_mode: false,
         dev_identity: None,
@@ -443,11 +493,13 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     .register(record)
     .register(Flaky)
     .register(Reject)
-    .register(Explode);
+    .register(Explode)
+    .register(Count(Arc::clone(&options.counter)));
     let app = Application::build_with_jobs(config(&keys, &options), Some(jobs))
         .await
         .expect("build app");
     let port = app.port();
+    let runs = Arc::clone(&app.state().runs);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
         let _ = rx.await;
@@ -461,6 +513,8 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
             .unwrap(),
         keys,
         seen,
+        runs,
+        counter: Arc::clone(&options.counter),
         _shutdown: tx,
     }
 }
@@ -586,6 +640,203 @@ impl TestApp {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// `POST /jobs/{job}` with an `Idempotency-Key`.
+    pub async fn trigger_with_key(
+        &self,
+        job: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/jobs/{job}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /runs?{query}`.
+    pub async fn list_runs(&self, token: &str, query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/runs?{query}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /runs/{id}`.
+    pub async fn get_run(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/runs/{id}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Every run the ledger lists for `query` (all pages, newest first).
+    pub async fn all_runs(&self, query: &str) -> Vec<Value> {
+        let token = clerk_token(&[VIEW]);
+        let mut runs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut parts = vec!["limit=200".to_owned()];
+            if !query.is_empty() {
+                parts.push(query.to_owned());
+            }
+            if let Some(c) = &cursor {
+                parts.push(format!("cursor={c}"));
+            }
+            let page_query = parts.join("&");
+            let response = self.list_runs(&token, &page_query).await;
+            assert_eq!(response.status(), 200, "GET /runs?{page_query}");
+            let body: Value = response.json().await.unwrap();
+            runs.extend(body["runs"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return runs,
+            }
+        }
+    }
+
+    /// How many times the `count` job has run.
+    pub fn count(&self) -> usize {
+        self.counter.load(Ordering::SeqCst)
+    }
+}
+
+/// The permission that lets Clerk users read the run ledger.
+pub const VIEW: &str = "org:jobs:read";
+
+/// Where the machine's PostgreSQL listens (trust auth, user `postgres`);
+/// `PUSHWORKER_TEST_PG` overrides it (`host:port`).
+pub fn pg_addr() -> String {
+    std::env::var("PUSHWORKER_TEST_PG").unwrap_or_else(|_| "127.0.0.1:5432".to_owned())
+}
+
+/// A fresh PostgreSQL database for one test, dropped (with its connections)
+/// when this value is dropped, even if the test panicked.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        use sqlx::Connection as _;
+        let name = format!("pushworker_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&Self::url_at(&pg_addr(), "postgres"))
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth); see README");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    fn url_at(addr: &str, database: &str) -> String {
+        format!("postgres://postgres@{addr}/{database}")
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> String {
+        Self::url_at(&pg_addr(), &self.name)
+    }
+
+    /// The database's URL through another address (a [`PgProxy`]).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        Self::url_at(&addr.to_string(), &self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                use sqlx::Connection as _;
+                let mut conn =
+                    sqlx::PgConnection::connect(&TestDb::url_at(&pg_addr(), "postgres")).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A TCP proxy between the worker and PostgreSQL that a test can cut (every
+/// connection closed, new ones refused: the port stops listening) and
+/// restore, on the same address. From the worker's side that is a real
+/// outage; the shared PostgreSQL server is never touched.
+pub struct PgProxy {
+    pub addr: std::net::SocketAddr,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let proxy = Self {
+            addr,
+            upstream: pg_addr(),
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        proxy.restore();
+        proxy
+    }
+
+    /// Listens again and forwards new connections.
+    pub fn restore(&self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        let listener = socket.listen(128).unwrap();
+        let upstream = self.upstream.clone();
+        let tasks = Arc::clone(&self.tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    /// Closes every connection and stops listening.
+    pub async fn cut(&self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for task in tasks {
+            task.abort();
+        }
+        // Let the aborted tasks drop their sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real worker on port 0, a real key server on
-//! loopback, real RS256 tokens. One module per area; `helpers` holds one
+//! loopback, real RS256 tokens, and the machine's real PostgreSQL for the run
+//! ledger (a database per test). One module per area; `helpers` holds one
 //! helper per endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,3 +12,4 @@ mod helpers;
 mod jobs;
 mod keys;
 mod push;
+mod runs;

@@ -1,0 +1,133 @@
+//! `GET /runs` and `GET /runs/{id}`: the run ledger, for the admin page and
+//! operators (Clerk users with the view or trigger permission).
+//!
+//! `GET /runs?job=&status=&source=&limit=&cursor=` lists runs newest first;
+//! `next_cursor` is opaque (pass it back as `cursor`) and `null` on the last
+//! page. A filter with a value outside its allowed set is a 400 that lists the
+//! allowed values, so a typo never reads as "no runs".
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    routing::get,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{AppState, Error};
+use crate::{
+    auth::CanViewRuns,
+    jobs::RunSource,
+    runs::{RunQuery, RunRecord, RunStatus},
+};
+
+/// Default page size.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest page size.
+pub const MAX_LIMIT: usize = 200;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/runs", get(list))
+        .route("/runs/{id}", get(one))
+}
+
+fn invalid(message: String) -> Error {
+    Error::BadRequest {
+        code: "invalid_query",
+        message,
+    }
+}
+
+/// Validates the query string into a [`RunQuery`].
+fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
+    for name in params.keys() {
+        if !["job", "status", "source", "limit", "cursor"].contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "unknown parameter `{name}`; allowed: job, status, source, limit, cursor"
+            )));
+        }
+    }
+    let text = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let status = text("status")
+        .map(|v| {
+            RunStatus::parse(v).ok_or_else(|| {
+                let allowed: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                invalid(format!("status must be one of {}", allowed.join(", ")))
+            })
+        })
+        .transpose()?;
+    let source = text("source")
+        .map(|v| {
+            RunSource::parse(v)
+                .ok_or_else(|| invalid("source must be one of push, manual, service".to_owned()))
+        })
+        .transpose()?;
+    let limit = match text("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| invalid(format!("limit must be a number from 1 to {MAX_LIMIT}")))?,
+    };
+    let before = text("cursor")
+        .map(|v| {
+            Uuid::try_parse(v).map_err(|_| {
+                invalid(
+                    "cursor is not one this API returned; pass next_cursor back as is".to_owned(),
+                )
+            })
+        })
+        .transpose()?;
+    let job = text("job").map(str::to_owned);
+    if job.as_ref().is_some_and(|j| j.len() > 200) {
+        return Err(invalid("job must be at most 200 characters".to_owned()));
+    }
+    Ok(RunQuery {
+        job,
+        status,
+        source,
+        before,
+        limit,
+    })
+}
+
+/// Runs, newest first, filtered and paginated.
+#[tracing::instrument(skip_all, fields(principal = %principal.kind()))]
+async fn list(
+    State(state): State<AppState>,
+    CanViewRuns(principal): CanViewRuns,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    let Query(params) =
+        params.map_err(|_| invalid("the query string could not be decoded".to_owned()))?;
+    let query = parse_query(&params)?;
+    let page = state.runs.list(query).await?;
+    Ok(Json(json!({
+        "runs": page.runs,
+        "next_cursor": page.next.map(|id| id.simple().to_string()),
+    })))
+}
+
+/// One run.
+#[tracing::instrument(skip_all, fields(principal = %principal.kind(), run_id = %id))]
+async fn one(
+    State(state): State<AppState>,
+    CanViewRuns(principal): CanViewRuns,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, Error> {
+    let run_id =
+        Uuid::try_parse(&id).map_err(|_| invalid("a run id is a UUID, as in run_id".to_owned()))?;
+    match state.runs.get(run_id).await? {
+        Some(run) => Ok(Json(run)),
+        None => Err(Error::NotFound(format!("no run {run_id}"))),
+    }
+}

@@ -1,0 +1,471 @@
+//! The run ledger: a record of every dispatch, and the claim that makes a
+//! Pub/Sub message (or a manual trigger's `Idempotency-Key`) run its job once.
+//!
+//! Pub/Sub push is at-least-once: the same message arrives twice, sometimes at
+//! two instances at the same moment, and people double-click. So every
+//! dispatch, from any source, first goes through [`RunStore::begin`], which
+//! records the run and, when the request carries a [`DedupKey`], claims that
+//! key atomically:
+//!
+//! - nobody holds the key, or the last run failed, or the holder's lease has
+//!   expired (its instance died mid-run): the key is ours, the run is recorded
+//!   as `running` and the job runs ([`Claim::Started`]);
+//! - the key's run succeeded (or was dead-lettered, which is also an ack): the
+//!   request is recorded as a `duplicate` and not run again ([`Claim::Done`]);
+//! - the key's run is running now, lease not expired: recorded as a
+//!   `duplicate` and answered "in progress" ([`Claim::InProgress`]), which on
+//!   the push path is a nack so the message comes back if that run dies.
+//!
+//! The lease ([`StoreSettings::lease`], `RUN_LEASE_SECS`) outlives the job
+//! timeout, so a live run never loses its key; a crashed instance blocks its
+//! message only until the lease expires.
+//!
+//! [`runner`] holds the one sequence both handlers use: begin, run the job,
+//! [`RunStore::finish`]. Two stores implement the trait: [`memory`] (the
+//! default, bounded in count and age, for one instance and `make run`) and
+//! [`postgres`] (when `DATABASE_URL` is set, shared by many instances).
+//!
+//! No run is ever acknowledged without a record: when the store cannot be
+//! reached, [`StoreError::Unavailable`] becomes a 503 and nothing runs.
+
+pub mod memory;
+pub mod postgres;
+pub mod runner;
+
+use std::{fmt, time::Duration};
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::jobs::RunSource;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The job is running (or its instance died and the lease will tell).
+    Running,
+    /// The job returned an output.
+    Succeeded,
+    /// The job failed in a way a retry may fix (error, timeout, panic); the
+    /// key may run again.
+    FailedTransient,
+    /// The job (or its payload) will fail the same way every time; the key
+    /// may still run again, as Pub/Sub redelivers until its dead-letter policy
+    /// takes the message.
+    FailedPermanent,
+    /// Published to the dead-letter topic and acked: done, like a success.
+    DeadLettered,
+    /// A repeat of a key that was done or running; the job did not run.
+    Duplicate,
+}
+
+impl RunStatus {
+    /// Every status, in the order the API documents them.
+    pub const ALL: [Self; 6] = [
+        Self::Running,
+        Self::Succeeded,
+        Self::FailedTransient,
+        Self::FailedPermanent,
+        Self::DeadLettered,
+        Self::Duplicate,
+    ];
+
+    /// The status's name in JSON, SQL and query strings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::FailedTransient => "failed_transient",
+            Self::FailedPermanent => "failed_permanent",
+            Self::DeadLettered => "dead_lettered",
+            Self::Duplicate => "duplicate",
+        }
+    }
+
+    /// Parses a status name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// What a finished run of this status does to its key: `Done` (repeats
+    /// are duplicates), `Failed` (the key may run again), or nothing.
+    pub fn claim_state(self) -> Option<ClaimState> {
+        match self {
+            Self::Succeeded | Self::DeadLettered => Some(ClaimState::Done),
+            Self::FailedTransient | Self::FailedPermanent => Some(ClaimState::Failed),
+            Self::Running | Self::Duplicate => None,
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a claimed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// A run holds the key until it finishes or its lease expires.
+    Running,
+    /// Its run succeeded or was dead-lettered: repeats are duplicates.
+    Done,
+    /// Its run failed: the next request may claim it.
+    Failed,
+}
+
+impl ClaimState {
+    /// The state's name in SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Who asked for a run, as recorded: a kind and an id, never a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunPrincipal {
+    /// `google` or `clerk`.
+    pub kind: String,
+    /// A service account's email or a Clerk user id.
+    pub id: String,
+}
+
+impl From<&crate::auth::Principal> for RunPrincipal {
+    fn from(p: &crate::auth::Principal) -> Self {
+        Self {
+            kind: p.kind().to_owned(),
+            id: p.id().to_owned(),
+        }
+    }
+}
+
+/// The key that makes repeats of one request run once.
+///
+/// Push deliveries are keyed by (subscription, message id); manual triggers
+/// by (job, principal id, `Idempotency-Key`), so two people's keys never
+/// collide and a key is not shared across jobs. The parts are joined with a
+/// unit separator, which none of them can contain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey(String);
+
+impl DedupKey {
+    /// The key of a Pub/Sub message.
+    pub fn push(subscription: Option<&str>, message_id: &str) -> Self {
+        Self(format!(
+            "push\u{1f}{}\u{1f}{message_id}",
+            subscription.unwrap_or_default()
+        ))
+    }
+
+    /// The key of a manual (or service) trigger with an `Idempotency-Key`.
+    pub fn manual(job: &str, principal_id: &str, key: &str) -> Self {
+        Self(format!("manual\u{1f}{job}\u{1f}{principal_id}\u{1f}{key}"))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One run, as recorded and as `GET /runs` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// The run's id (UUIDv7: ordered by time).
+    pub run_id: Uuid,
+    /// The job's name.
+    pub job: String,
+    /// `push`, `manual` or `service`.
+    pub source: RunSource,
+    /// Who asked.
+    pub principal: RunPrincipal,
+    /// The Pub/Sub message id, on the push path.
+    pub message_id: Option<String>,
+    /// The subscription, on the push path when Pub/Sub sent it.
+    pub subscription: Option<String>,
+    /// The caller's `Idempotency-Key`, on a manual trigger that sent one.
+    pub idempotency_key: Option<String>,
+    /// Delivery attempt (1 on the first).
+    pub attempt: u32,
+    /// `sha256:<hex>` of the payload bytes, whatever their size.
+    pub payload_digest: String,
+    /// The payload, when it is JSON and within `RUN_PAYLOAD_CAP_BYTES`.
+    pub payload: Option<Value>,
+    /// Whether the payload was left out for its size.
+    pub payload_truncated: bool,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// When the request reached the worker.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When the run finished.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// How long the job took.
+    pub duration_ms: Option<u64>,
+    /// What went wrong, for operators (the full text, unlike the HTTP answer).
+    pub error: Option<String>,
+    /// The machine-readable kind of the failure (`job_timeout`,
+    /// `invalid_payload`, `run_in_progress`, …).
+    pub error_kind: Option<String>,
+    /// The job's output, when within `RUN_OUTPUT_CAP_BYTES`.
+    pub output: Option<Value>,
+    /// Whether the output was left out for its size.
+    pub output_truncated: bool,
+    /// On a `duplicate`: the run that held the key.
+    pub duplicate_of: Option<Uuid>,
+    /// The claimed key, if any (internal: the parts above are public).
+    #[serde(skip)]
+    pub dedup_key: Option<String>,
+}
+
+/// What [`RunStore::begin`] is asked to record.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The record, with status `running`; the store makes it a `duplicate`
+    /// (with `duplicate_of`) when the key is taken.
+    pub record: RunRecord,
+    /// The key to claim, if the request is idempotent.
+    pub dedup: Option<DedupKey>,
+}
+
+/// The answer of [`RunStore::begin`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Recorded as `running`: run the job, then [`RunStore::finish`].
+    Started,
+    /// The key's run succeeded (or was dead-lettered); recorded as a
+    /// duplicate. `original` is that run, unless it was pruned.
+    Done {
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// Its record.
+        original: Option<Box<RunRecord>>,
+    },
+    /// The key's run is running now with a live lease; recorded as a
+    /// duplicate.
+    InProgress {
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// Its record.
+        original: Option<Box<RunRecord>>,
+    },
+}
+
+/// How a run ended, for [`RunStore::finish`].
+///
+/// `status` is always set; every other field is set only when `Some`, so a
+/// second call can change the status alone (the dead-letter path turns a
+/// `failed_permanent` run into `dead_lettered` with
+/// `Finish::status(RunStatus::DeadLettered)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// The final status (not `running` or `duplicate`).
+    pub status: RunStatus,
+    /// When it ended.
+    pub finished_at: Option<OffsetDateTime>,
+    /// How long the job took.
+    pub duration_ms: Option<u64>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// The failure's kind.
+    pub error_kind: Option<String>,
+    /// The output (already capped).
+    pub output: Option<Value>,
+    /// Whether the output was left out for its size.
+    pub output_truncated: bool,
+}
+
+impl Finish {
+    /// A change of status alone.
+    pub fn status(status: RunStatus) -> Self {
+        Self {
+            status,
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+            error_kind: None,
+            output: None,
+            output_truncated: false,
+        }
+    }
+}
+
+/// A `GET /runs` query, already validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only this job.
+    pub job: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// Only this source.
+    pub source: Option<RunSource>,
+    /// Only runs older than this one (the cursor).
+    pub before: Option<Uuid>,
+    /// At most this many (1 to 200).
+    pub limit: usize,
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<RunRecord>,
+    /// The last run's id when more runs match.
+    pub next: Option<Uuid>,
+}
+
+/// Settings shared by both stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// How long a claim holds its key without finishing.
+    pub lease: Duration,
+    /// How long records are kept.
+    pub retention: Duration,
+    /// The memory store's bound on records.
+    pub max_records: usize,
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is unreachable or failed: 503, and nothing runs unrecorded.
+    /// The cause (with its chain) is for the log only.
+    #[error("run store unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// A boxed store future (the trait is used as `dyn RunStore`).
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Where runs are recorded and keys claimed.
+pub trait RunStore: Send + Sync + fmt::Debug + 'static {
+    /// `memory` or `postgres`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Records `new` and, with a key, claims it atomically (see the module
+    /// docs and [`Claim`]). With no key, the run is simply recorded as
+    /// running.
+    fn begin(&self, new: NewRun) -> StoreFuture<'_, Claim>;
+
+    /// Records how run `run_id` ended and releases its key (done or failed)
+    /// if it still holds it. Returns whether the run exists.
+    fn finish(&self, run_id: Uuid, finish: Finish) -> StoreFuture<'_, bool>;
+
+    /// One run.
+    fn get(&self, run_id: Uuid) -> StoreFuture<'_, Option<RunRecord>>;
+
+    /// Runs matching `query`, newest first.
+    fn list(&self, query: RunQuery) -> StoreFuture<'_, RunPage>;
+
+    /// Marks runs left `running` past the lease as failed, and deletes
+    /// records past the retention. Returns how many records were deleted.
+    fn prune(&self) -> StoreFuture<'_, u64>;
+}
+
+/// The error text of a run whose lease expired while it was running.
+pub const LEASE_EXPIRED: &str = "lease expired before the run finished (its instance stopped or lost the store); another delivery took over";
+
+/// The error text of a run found still `running` past the lease by pruning.
+pub const ABANDONED: &str =
+    "still running past the lease: its instance stopped before recording an end";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in d.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// `now`, at the microsecond precision PostgreSQL keeps, so both stores
+/// answer the same timestamps.
+pub fn now_micros() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Spawns the periodic pruning of `store` (every `every`), logging what it
+/// did. Several instances pruning at once is harmless.
+pub fn spawn_pruner(store: std::sync::Arc<dyn RunStore>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match store.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, store = store.kind(), "pruned old runs"),
+                Err(e) => {
+                    tracing::warn!(error = %e, store = store.kind(), "pruning runs failed; will try again")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_their_names() {
+        for s in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(RunStatus::parse("timed_out"), None);
+    }
+
+    #[test]
+    fn digest_is_sha256_hex() {
+        assert_eq!(
+            digest(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo".to_owned(), 2), "h…");
+        assert_eq!(truncate("short".to_owned(), 10), "short");
+    }
+
+    #[test]
+    fn dedup_keys_of_different_sources_never_collide() {
+        assert_ne!(
+            DedupKey::push(Some("s"), "1").as_str(),
+            DedupKey::manual("s", "1", "").as_str()
+        );
+        assert_ne!(
+            DedupKey::push(None, "1").as_str(),
+            DedupKey::push(Some("x"), "1").as_str()
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! The one sequence every dispatch goes through, from the push endpoint and
+//! from `POST /jobs/{name}` alike: record (and claim), run, record the end.
+//!
+//! [`Runner::run`] answers with an [`Outcome`]; the handlers only map it to
+//! HTTP. The job runs in a task of its own, so that its end is recorded (and
+//! its key released) even when the request goes away: the request's
+//! cancellation still reaches the job through its token, and the job timeout
+//! still applies. If the end cannot be recorded after a few tries, the run is
+//! answered as a store failure (a 503, a nack): no push is acked without a
+//! record. Its key then stays claimed until the lease expires, and the
+//! redelivery after that runs the job again (at-least-once, as with any
+//! crash).
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use super::{
+    Claim, DedupKey, Finish, NewRun, RunPrincipal, RunRecord, RunStatus, RunStore, StoreError,
+    digest, now_micros, truncate,
+};
+use crate::{
+    auth::Principal,
+    jobs::{DispatchError, JobContext, JobRegistry, RunSource},
+    pubsub::MessageMeta,
+};
+
+/// Longest error text kept in a record.
+const ERROR_CAP_BYTES: usize = 8 * 1024;
+
+/// Pauses between tries to record a run's end.
+const FINISH_RETRIES: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
+
+/// Size limits and the job timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Longest a job may run.
+    pub job_timeout: Duration,
+    /// Largest payload kept in a record.
+    pub payload_cap: usize,
+    /// Largest output kept in a record.
+    pub output_cap: usize,
+}
+
+/// What to run, for whom.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The job's name.
+    pub job: String,
+    /// Where the request came from.
+    pub source: RunSource,
+    /// Who asked.
+    pub principal: Arc<Principal>,
+    /// The Pub/Sub message, on the push path.
+    pub message: Option<Arc<MessageMeta>>,
+    /// Delivery attempt.
+    pub attempt: u32,
+    /// The caller's `Idempotency-Key`, on a manual trigger.
+    pub idempotency_key: Option<String>,
+    /// The key that makes repeats run once, if any.
+    pub dedup: Option<DedupKey>,
+    /// The payload bytes the job decodes.
+    pub payload: Vec<u8>,
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// This request ran the job; its run is recorded with its end.
+    Ran {
+        /// The run.
+        run_id: Uuid,
+        /// The job's output or failure.
+        result: Result<Value, DispatchError>,
+        /// How long the job took.
+        duration_ms: u64,
+    },
+    /// The key's run already succeeded (or was dead-lettered): nothing ran;
+    /// this request is recorded as a duplicate.
+    Duplicate {
+        /// This request's (duplicate) record.
+        run_id: Uuid,
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// Its record, unless pruned.
+        original: Option<Box<RunRecord>>,
+    },
+    /// The key's run is running now (here or on another instance): nothing
+    /// ran; recorded as a duplicate.
+    InProgress {
+        /// This request's (duplicate) record.
+        run_id: Uuid,
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// Its record, unless pruned.
+        original: Option<Box<RunRecord>>,
+    },
+}
+
+/// The payload as recorded: JSON within the cap, else left out.
+fn capture_payload(bytes: &[u8], cap: usize) -> (Option<Value>, bool) {
+    if bytes.len() > cap {
+        return (None, true);
+    }
+    (serde_json::from_slice(bytes).ok(), false)
+}
+
+/// The output as recorded: within the cap, else left out.
+fn capture_output(output: &Value, cap: usize) -> (Option<Value>, bool) {
+    if output.to_string().len() > cap {
+        (None, true)
+    } else {
+        (Some(output.clone()), false)
+    }
+}
+
+/// The record of a finished dispatch.
+fn finish_for(
+    result: &Result<Value, DispatchError>,
+    duration_ms: u64,
+    output_cap: usize,
+) -> Finish {
+    let mut finish = Finish::status(RunStatus::Succeeded);
+    finish.finished_at = Some(now_micros());
+    finish.duration_ms = Some(duration_ms);
+    match result {
+        Ok(output) => {
+            let (output, truncated) = capture_output(output, output_cap);
+            finish.output = output;
+            finish.output_truncated = truncated;
+        }
+        Err(e) => {
+            finish.status = if e.is_permanent() {
+                RunStatus::FailedPermanent
+            } else {
+                RunStatus::FailedTransient
+            };
+            finish.error = Some(truncate(e.to_string(), ERROR_CAP_BYTES));
+            finish.error_kind = Some(e.kind().to_owned());
+        }
+    }
+    finish
+}
+
+/// Records a run's end, trying again briefly if the store fails.
+async fn finish_with_retry(
+    store: &dyn RunStore,
+    run_id: Uuid,
+    finish: Finish,
+) -> Result<(), StoreError> {
+    let mut pauses = FINISH_RETRIES.iter();
+    loop {
+        match store.finish(run_id, finish.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!(error = %e, "recording the run's end failed; trying again");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => return Err(e),
+            },
+        }
+    }
+}
+
+/// Records, claims, runs and finishes. Cheap to build per request.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    store: Arc<dyn RunStore>,
+    jobs: Arc<JobRegistry>,
+    limits: RunLimits,
+}
+
+impl Runner {
+    /// A runner over these parts.
+    pub fn new(store: Arc<dyn RunStore>, jobs: Arc<JobRegistry>, limits: RunLimits) -> Self {
+        Self {
+            store,
+            jobs,
+            limits,
+        }
+    }
+
+    /// Runs `request` once per key: see [`Outcome`]. `Err` means the store
+    /// could not record the run (nothing ran), or its end (the job ran).
+    pub async fn run(&self, request: RunRequest) -> Result<Outcome, StoreError> {
+        let run_id = Uuid::now_v7();
+        tracing::Span::current().record("run_id", tracing::field::display(run_id));
+        let (payload, payload_truncated) =
+            capture_payload(&request.payload, self.limits.payload_cap);
+        let meta = request.message.as_deref();
+        let record = RunRecord {
+            run_id,
+            job: request.job.clone(),
+            source: request.source,
+            principal: RunPrincipal::from(&*request.principal),
+            message_id: meta.map(|m| m.message_id.clone()),
+            subscription: meta.and_then(|m| m.subscription.clone()),
+            idempotency_key: request.idempotency_key.clone(),
+            attempt: request.attempt,
+            payload_digest: digest(&request.payload),
+            payload,
+            payload_truncated,
+            status: RunStatus::Running,
+            started_at: now_micros(),
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+            error_kind: None,
+            output: None,
+            output_truncated: false,
+            duplicate_of: None,
+            dedup_key: None,
+        };
+        let claim = self
+            .store
+            .begin(NewRun {
+                record,
+                dedup: request.dedup.clone(),
+            })
+            .await?;
+        match claim {
+            Claim::Started => {}
+            Claim::Done {
+                original_run_id,
+                original,
+            } => {
+                return Ok(Outcome::Duplicate {
+                    run_id,
+                    original_run_id,
+                    original,
+                });
+            }
+            Claim::InProgress {
+                original_run_id,
+                original,
+            } => {
+                return Ok(Outcome::InProgress {
+                    run_id,
+                    original_run_id,
+                    original,
+                });
+            }
+        }
+
+        // The request going away cancels the job (as before the ledger), but
+        // the task still records how the job ended.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let ctx = JobContext {
+            run_id,
+            source: request.source,
+            principal: request.principal,
+            message: request.message,
+            attempt: request.attempt,
+            cancel,
+        };
+        let store = Arc::clone(&self.store);
+        let jobs = Arc::clone(&self.jobs);
+        let limits = self.limits;
+        let job = request.job;
+        let payload = request.payload;
+        let task = tokio::spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let result = jobs.dispatch(&job, &payload, ctx, limits.job_timeout).await;
+                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let finish = finish_for(&result, duration_ms, limits.output_cap);
+                let recorded = finish_with_retry(&*store, run_id, finish).await;
+                (result, duration_ms, recorded)
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let (result, duration_ms, recorded) = task.await.map_err(|e| {
+            StoreError::Unavailable(anyhow::anyhow!(e).context("the run's task failed"))
+        })?;
+        if let Err(e) = recorded {
+            tracing::error!(
+                error = %e,
+                job_ok = result.is_ok(),
+                "the job ran but its end could not be recorded; answering 503 (the key is released when its lease expires)"
+            );
+            return Err(e);
+        }
+        Ok(Outcome::Ran {
+            run_id,
+            result,
+            duration_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_over_the_cap_are_left_out_but_flagged() {
+        assert_eq!(
+            capture_payload(br#"{"a":1}"#, 100),
+            (Some(serde_json::json!({"a": 1})), false)
+        );
+        assert_eq!(capture_payload(br#"{"a":1}"#, 3), (None, true));
+        assert_eq!(capture_payload(b"\xff not json", 100), (None, false));
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        let f = finish_for(&Err(DispatchError::Timeout(Duration::from_secs(1))), 5, 10);
+        assert_eq!(f.status, RunStatus::FailedTransient);
+        assert_eq!(f.error_kind.as_deref(), Some("job_timeout"));
+        let f = finish_for(&Err(DispatchError::Permanent("no".into())), 5, 10);
+        assert_eq!(f.status, RunStatus::FailedPermanent);
+        let f = finish_for(&Ok(serde_json::json!("x".repeat(20))), 5, 10);
+        assert_eq!(
+            (f.status, f.output, f.output_truncated),
+            (RunStatus::Succeeded, None, true)
+        );
+    }
+}
