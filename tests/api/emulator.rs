@@ -378,6 +378,14 @@ async fn push_loop_through_the_real_emulator() {
         subscription("bridge-poison")
     );
     assert!(d.attributes.contains_key(attr::ATTEMPT));
+    let runs = app
+        .list_runs(&clerk_token(&[TRIGGER]), "status=dead_lettered")
+        .await;
+    assert_eq!(runs.status(), 200);
+    let runs: serde_json::Value = runs.json().await.unwrap();
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "the ledger records the run as dead-lettered");
+    assert_eq!(runs[0]["message_id"], poison_id);
     // Past the 10 s ack deadline an unacked message would be redelivered.
     let again = replay_subscription(
         &bridge_args(&app, &emulator, &dev_dir, "bridge-poison", 13),
