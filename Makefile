@@ -12,6 +12,7 @@ run:
 ## test: every test (unit, integration against real servers on loopback)
 test:
 	$(CARGO) test --all-targets --no-fail-fast
+	$(MAKE) image-check
 
 ## e2e: only the admin page's browser tests (needs: apt-get install chromium chromium-driver);
 ## screenshots land in target/admin-screenshots/
@@ -40,7 +41,8 @@ docker:
 	docker build -t pushworker .
 
 ## image-check: release build, then check the binary against the runtime image
-## (libraries distroless/cc provides; starts with an empty env; SIGTERM exits 0)
+## (libraries distroless/cc provides; starts with an empty env; SIGTERM exits 0);
+## part of `make test`
 image-check:
 	$(CARGO) build --release --bin pushworker
 	scripts/check-runtime-image.sh target/release/pushworker

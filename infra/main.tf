@@ -116,6 +116,16 @@ resource "google_cloud_run_v2_service" "pushworker" {
         value = "json"
       }
       env {
+        # Lets log lines carry logging.googleapis.com/trace = projects/P/traces/T.
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = var.project_id
+      }
+      env {
+        # Cloud Run sends SIGKILL 10 s after SIGTERM.
+        name  = "SHUTDOWN_GRACE_SECS"
+        value = "8"
+      }
+      env {
         name  = "DEAD_LETTER_TOPIC"
         value = google_pubsub_topic.dead_letter.id
       }

@@ -103,7 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::DevToken(args) => dev_token(args),
         Command::Replay(args) => {
-            telemetry::init(crate::config::LogFormat::Text);
+            telemetry::init(crate::config::LogFormat::Text, None);
             crate::replay::run(*args).await
         }
     }
@@ -111,7 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_args(&args)?;
-    telemetry::init(config.log_format);
+    telemetry::init(config.log_format, config.project_id.clone());
     if config.dev_mode {
         tracing::warn!(
             dev_dir = %args.dev_dir.display(),

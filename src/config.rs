@@ -176,6 +176,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RUN_OUTPUT_CAP_BYTES", default_value_t = 65_536)]
     pub run_output_cap_bytes: usize,
 
+    /// On SIGTERM, how long in-flight jobs may go on before they are
+    /// cancelled and their requests answered 503 (a nack), in seconds. Cloud
+    /// Run sends SIGKILL 10 s after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 8)]
+    pub shutdown_grace_secs: u64,
+
+    /// Project id for Cloud Logging's trace field
+    /// (`projects/P/traces/T`); Cloud Run's own variable for it is not set,
+    /// so give it here (the Terraform does).
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub google_cloud_project: Option<String>,
+
     /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
     /// Run (`K_SERVICE` set), text elsewhere.
     #[arg(long, env = "LOG_FORMAT")]
@@ -379,6 +391,10 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// The run ledger.
     pub runs: RunsConfig,
+    /// Grace period for in-flight jobs on shutdown.
+    pub shutdown_grace: Duration,
+    /// Project id for trace fields in JSON logs.
+    pub project_id: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether the development identity is trusted.
@@ -573,6 +589,12 @@ impl Config {
                 args.jwks_fetch_timeout_ms
             );
         }
+        if args.shutdown_grace_secs > 3600 {
+            bail!(
+                "SHUTDOWN_GRACE_SECS: {} is out of range; use 0 to 3600 (Cloud Run allows 10 s after SIGTERM)",
+                args.shutdown_grace_secs
+            );
+        }
         if args.trigger_permission.trim().is_empty() {
             bail!("TRIGGER_PERMISSION: must not be empty (e.g. org:jobs:trigger)");
         }
@@ -760,6 +782,13 @@ impl Config {
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             runs,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            project_id: args
+                .google_cloud_project
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned),
             log_format,
             dev_mode: args.dev,
             dev_identity: dev,

@@ -111,6 +111,7 @@ impl Application {
                 jobs: Arc::new(jobs),
                 dead_letter,
                 runs,
+                stop: tokio_util::sync::CancellationToken::new(),
             },
         })
     }
@@ -125,18 +126,42 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and lets
-    /// in-flight requests finish.
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// in-flight requests finish for up to the grace period, cancels the jobs
+    /// still running (their pushes are answered 503, a nack, never an ack),
+    /// and flushes the dead-letter publisher.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        // The peer address reaches handlers as `ConnectInfo`: the admin page's
-        // development sign-in answers loopback peers only.
+        let dead_letter = self.state.dead_letter.clone();
+        let stop = self.state.stop.clone();
+        let grace = self.state.config.shutdown_grace;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections; in-flight jobs may finish within the grace period"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if !stop.is_cancelled() {
+                    tracing::warn!(
+                        "grace period over: cancelling the jobs still running (their pushes are nacked)"
+                    );
+                    stop.cancel();
+                }
+            });
+        };
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signal)
             .await
-            .context("server error")
+            .context("server error");
+        if let Some(dl) = dead_letter {
+            dl.flush().await;
+        }
+        tracing::info!("stopped");
+        served
     }
 }

@@ -1,24 +1,262 @@
-//! Logging set-up: readable text locally, one JSON object per line on Cloud
-//! Run (or with `LOG_FORMAT=json`). `RUST_LOG` filters (default `info`).
+//! Logging: readable text locally; on Cloud Run (or with `LOG_FORMAT=json`)
+//! one JSON object per line on stdout in Cloud Logging's structured format.
+//!
+//! The JSON layer writes `severity`, `message`, `time`, the fields of the
+//! event and of every enclosing span (so each line of a run carries its job,
+//! message id, delivery attempt, run id and principal kind), and:
+//! - `logging.googleapis.com/trace` = `projects/P/traces/T` and
+//!   `logging.googleapis.com/spanId`, from the request's `traceparent` or
+//!   `X-Cloud-Trace-Context` (see [`trace_context`]), so a request's lines
+//!   group under its trace in the Logs Explorer;
+//! - `httpRequest` for the one request line each request writes (fields named
+//!   `http.*`), which Cloud Logging shows as a request log.
+//!
+//! Nothing here logs headers or bodies; tokens never reach a log line.
+//! `RUST_LOG` filters (default `info`).
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::{
+    io::Write as _,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Map, Value};
+use tracing::{
+    Event, Subscriber,
+    field::{Field, Visit},
+    span::{Attributes, Id, Record},
+};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::Context, prelude::*, registry::LookupSpan};
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
+pub fn init(format: LogFormat, project_id: Option<String>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
+        LogFormat::Json => registry.with(CloudLogging { project_id }).init(),
+    }
+}
+
+/// Reads the trace and span ids of a request: W3C `traceparent`
+/// (`00-TRACE-SPAN-FLAGS`, hex span) first, else `X-Cloud-Trace-Context`
+/// (`TRACE/SPAN;o=1`, decimal span). Returns the 32-hex trace id and the
+/// 16-hex span id, either of which may be absent; malformed values are
+/// ignored.
+pub fn trace_context(headers: &axum::http::HeaderMap) -> (Option<String>, Option<String>) {
+    let is_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if parts.len() == 4
+            && is_hex(parts[1], 32)
+            && is_hex(parts[2], 16)
+            && parts[1] != "0".repeat(32)
+        {
+            return (
+                Some(parts[1].to_ascii_lowercase()),
+                Some(parts[2].to_ascii_lowercase()),
+            );
+        }
+    }
+    if let Some(xc) = headers
+        .get("x-cloud-trace-context")
+        .and_then(|v| v.to_str().ok())
+    {
+        let (trace, rest) = xc.trim().split_once('/').unwrap_or((xc.trim(), ""));
+        let trace = trace.split(';').next().unwrap_or_default();
+        if is_hex(trace, 32) {
+            let span = rest
+                .split(';')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|s| format!("{s:016x}"));
+            return (Some(trace.to_ascii_lowercase()), span);
+        }
+    }
+    (None, None)
+}
+
+/// The Cloud Logging JSON layer.
+struct CloudLogging {
+    project_id: Option<String>,
+}
+
+/// Fields recorded on a span, kept in its extensions.
+struct SpanFields(Map<String, Value>);
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+    }
+}
+
+fn severity(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "ERROR",
+        tracing::Level::WARN => "WARNING",
+        tracing::Level::INFO => "INFO",
+        _ => "DEBUG",
+    }
+}
+
+/// RFC 3339 UTC time with microseconds, without a date crate.
+fn rfc3339(now: SystemTime) -> String {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+impl<S> Layer<S> for CloudLogging
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Map::new();
+        attrs.record(&mut JsonVisitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+        {
+            values.record(&mut JsonVisitor(&mut fields.0));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut line = Map::new();
+        line.insert(
+            "severity".into(),
+            Value::from(severity(event.metadata().level())),
+        );
+        line.insert("time".into(), Value::from(rfc3339(SystemTime::now())));
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(span_fields) = span.extensions().get::<SpanFields>() {
+                    fields.extend(span_fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut fields));
+        let message = fields.remove("message").unwrap_or(Value::from(""));
+        line.insert("message".into(), message);
+        if let Some(Value::String(trace)) = fields.remove("trace_id") {
+            let value = match &self.project_id {
+                Some(p) => format!("projects/{p}/traces/{trace}"),
+                None => trace,
+            };
+            line.insert("logging.googleapis.com/trace".into(), Value::from(value));
+        }
+        if let Some(span_id) = fields.remove("span_id") {
+            line.insert("logging.googleapis.com/spanId".into(), span_id);
+        }
+        let mut http = Map::new();
+        fields.retain(|k, v| match k.strip_prefix("http.") {
+            Some(name) => {
+                http.insert(name.to_owned(), v.clone());
+                false
+            }
+            None => true,
+        });
+        if !http.is_empty() {
+            line.insert("httpRequest".into(), Value::Object(http));
+        }
+        line.insert("target".into(), Value::from(event.metadata().target()));
+        line.extend(fields);
+        if let Ok(mut text) = serde_json::to_string(&line) {
+            text.push('\n');
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_from_both_header_formats() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_context(&h),
+            (
+                Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+                Some("00f067aa0ba902b7".into())
             )
-            .init(),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-cloud-trace-context",
+            "105445aa7843bc8bf206b12000100000/1;o=1".parse().unwrap(),
+        );
+        assert_eq!(
+            trace_context(&h),
+            (
+                Some("105445aa7843bc8bf206b12000100000".into()),
+                Some("0000000000000001".into())
+            )
+        );
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", "garbage".parse().unwrap());
+        assert_eq!(trace_context(&h), (None, None));
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_872_896 - 7200);
+        assert_eq!(rfc3339(t), "2026-11-28T11:34:56.000000Z");
     }
 }

@@ -1,9 +1,17 @@
 //! Liveness and readiness, without authentication.
+//!
+//! `/healthz` answers as long as the process serves. `/readyz` answers 200
+//! only when signing keys are loaded for every configured issuer and the run
+//! ledger answers, so a load balancer or an operator sees why pushes would be
+//! nacked.
+
+use std::time::Duration;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::runs::RunQuery;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -16,7 +24,8 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every configured issuer has usable signing keys.
+/// Ready when every configured issuer has usable signing keys and the run
+/// ledger answers within 2 s.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut ready = true;
     let mut issuers = serde_json::Map::new();
@@ -30,10 +39,26 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         ready &= stats.loaded;
         issuers.insert("clerk".into(), json!(stats));
     }
+    let probe = RunQuery {
+        limit: 1,
+        ..RunQuery::default()
+    };
+    let store = match tokio::time::timeout(Duration::from_secs(2), state.runs.list(probe)).await {
+        Ok(Ok(_)) => json!({ "reachable": true }),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the run ledger is unreachable");
+            json!({ "reachable": false })
+        }
+        Err(_) => json!({ "reachable": false, "timed_out": true }),
+    };
+    ready &= store["reachable"] == true;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready, "issuers": issuers })))
+    (
+        status,
+        Json(json!({ "ready": ready, "issuers": issuers, "store": store })),
+    )
 }

@@ -27,7 +27,7 @@ mod whoami;
 use std::sync::Arc;
 
 use axum::Router;
-use tower_http::trace::TraceLayer;
+use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, dispatch_status};
 
@@ -55,6 +55,9 @@ pub struct AppState {
     pub dead_letter: Option<Arc<DeadLetter>>,
     /// The run ledger (memory, or PostgreSQL with `DATABASE_URL`).
     pub runs: Arc<dyn RunStore>,
+    /// Cancelled when the shutdown grace period is over: every job still
+    /// running is cancelled and its request answered 503 (a nack).
+    pub stop: CancellationToken,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
         Runner::new(
             Arc::clone(&self.runs),
             Arc::clone(&self.jobs),
+            self.stop.clone(),
             RunLimits {
                 job_timeout: self.config.job_timeout,
                 payload_cap: self.config.runs.payload_cap,
@@ -82,11 +86,72 @@ pub fn router(state: AppState) -> Router {
         .merge(push::router())
         .merge(runs::router())
         .merge(admin::router(&state.config))
-        .layer(TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(trace_request));
     // Outermost, so that preflights are answered before authentication.
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,
     };
     app.with_state(state)
+}
+
+/// Wraps each request in a span carrying its trace context (so every line it
+/// logs joins its trace in Cloud Logging) and writes one request line with
+/// `httpRequest` fields when it is answered. Headers and bodies are never
+/// logged.
+async fn trace_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let (trace_id, span_id) = crate::telemetry::trace_context(request.headers());
+    let span = tracing::info_span!(
+        "request",
+        trace_id = trace_id.as_deref(),
+        span_id = span_id.as_deref(),
+    );
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let request_size = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let latency = format!("{:.6}s", started.elapsed().as_secs_f64());
+    let response_size = response
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    span.in_scope(|| {
+        let quiet = matches!(path.as_str(), "/healthz" | "/readyz");
+        if quiet {
+            tracing::debug!(http.requestMethod = %method, http.requestUrl = %path, http.status = status, http.latency = %latency, "request");
+        } else {
+            tracing::info!(
+                http.requestMethod = %method,
+                http.requestUrl = %path,
+                http.status = status,
+                http.latency = %latency,
+                http.userAgent = %user_agent,
+                http.requestSize = %request_size,
+                http.responseSize = %response_size,
+                "request"
+            );
+        }
+    });
+    response
 }

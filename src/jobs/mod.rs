@@ -170,6 +170,9 @@ impl DispatchError {
     }
 }
 
+/// How long a cancelled job may take to stop on its own before it is aborted.
+const CANCEL_GRACE: Duration = Duration::from_millis(500);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A job with its types erased, as the registry stores it.
@@ -335,7 +338,21 @@ impl JobRegistry {
         let _cancel_on_drop = cancel.clone().drop_guard();
         let future = job.start(payload, ctx)?;
         let mut handle = tokio::spawn(future);
-        match tokio::time::timeout(timeout, &mut handle).await {
+        let joined = tokio::select! {
+            joined = tokio::time::timeout(timeout, &mut handle) => joined,
+            () = cancel.cancelled() => {
+                // Shutting down (or the caller left): a job watching its
+                // token gets a moment to stop cleanly, then it is aborted.
+                match tokio::time::timeout(CANCEL_GRACE, &mut handle).await {
+                    Ok(Ok(Ok(output))) => return Ok(output),
+                    _ => {
+                        handle.abort();
+                        return Err(DispatchError::Transient("cancelled before it finished (shutting down)".into()));
+                    }
+                }
+            }
+        };
+        match joined {
             Ok(Ok(Ok(output))) => Ok(output),
             Ok(Ok(Err(JobError::Transient(e)))) => Err(DispatchError::Transient(e)),
             Ok(Ok(Err(JobError::Permanent(e)))) => Err(DispatchError::Permanent(e)),

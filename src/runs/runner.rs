@@ -171,15 +171,22 @@ async fn finish_with_retry(
 pub struct Runner {
     store: Arc<dyn RunStore>,
     jobs: Arc<JobRegistry>,
+    stop: CancellationToken,
     limits: RunLimits,
 }
 
 impl Runner {
     /// A runner over these parts.
-    pub fn new(store: Arc<dyn RunStore>, jobs: Arc<JobRegistry>, limits: RunLimits) -> Self {
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        jobs: Arc<JobRegistry>,
+        stop: CancellationToken,
+        limits: RunLimits,
+    ) -> Self {
         Self {
             store,
             jobs,
+            stop,
             limits,
         }
     }
@@ -246,9 +253,9 @@ impl Runner {
             }
         }
 
-        // The request going away cancels the job (as before the ledger), but
-        // the task still records how the job ended.
-        let cancel = CancellationToken::new();
+        // The request going away, or the end of the shutdown grace period,
+        // cancels the job; the task still records how the job ended.
+        let cancel = self.stop.child_token();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let ctx = JobContext {
             run_id,

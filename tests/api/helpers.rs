@@ -472,6 +472,8 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             payload_cap: options.payload_cap,
             ..RunsConfig::defaults(options.job_timeout)
         },
+        shutdown_grace: Duration::from_secs(2),
+        project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
         dev_identity: None,

@@ -11,5 +11,6 @@ mod emulator;
 mod helpers;
 mod jobs;
 mod keys;
+mod lifecycle;
 mod push;
 mod runs;
