@@ -29,8 +29,8 @@ use crate::helpers::*;
 const PROJECT: &str = "pushworker-test";
 
 /// The emulator process group; killed on drop, even when a test panics.
-struct Emulator {
-    host: String,
+pub(crate) struct Emulator {
+    pub(crate) host: String,
     child: Child,
     _dir: TempDir,
 }
@@ -53,7 +53,7 @@ fn temp_dir(name: &str) -> TempDir {
 }
 
 impl Emulator {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         use std::os::unix::process::CommandExt as _;
         let has_gcloud = Command::new("gcloud")
             .arg("--version")
@@ -115,7 +115,7 @@ impl Emulator {
         emulator
     }
 
-    fn target(&self) -> PubsubTarget {
+    pub(crate) fn target(&self) -> PubsubTarget {
         PubsubTarget::new(Some(self.host.clone()))
     }
 }
@@ -129,11 +129,11 @@ impl Drop for Emulator {
     }
 }
 
-fn topic(name: &str) -> String {
+pub(crate) fn topic(name: &str) -> String {
     format!("projects/{PROJECT}/topics/{name}")
 }
 
-fn subscription(name: &str) -> String {
+pub(crate) fn subscription(name: &str) -> String {
     format!("projects/{PROJECT}/subscriptions/{name}")
 }
 
@@ -170,7 +170,7 @@ async fn create_loop(emulator: &Emulator, tag: &str) {
         .unwrap();
 }
 
-async fn publish(
+pub(crate) async fn publish(
     emulator: &Emulator,
     topic_name: &str,
     data: &[u8],

@@ -13,4 +13,5 @@ mod jobs;
 mod keys;
 mod lifecycle;
 mod push;
+mod reliability;
 mod runs;
