@@ -62,11 +62,11 @@ EMU := http://127.0.0.1:$(EMULATOR_PORT)/v1/projects/$(PUBSUB_PROJECT)
 ## topic with its subscription, and the pull subscription the bridge reads
 emulator:
 	@command -v gcloud >/dev/null || { echo "gcloud is missing: install the Google Cloud CLI and 'gcloud components install pubsub-emulator beta' (or apt-get install google-cloud-cli-pubsub-emulator)"; exit 1; }
-	@mkdir -p $(EMULATOR_DIR)
+	@mkdir -p $(EMULATOR_DIR)/data
 	@if curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null; then echo "emulator already running on $(EMULATOR_PORT)"; else \
 	  setsid gcloud beta emulators pubsub start --host-port=127.0.0.1:$(EMULATOR_PORT) --project=$(PUBSUB_PROJECT) \
 	    --data-dir=$(EMULATOR_DIR)/data > $(EMULATOR_DIR)/emulator.log 2>&1 & echo $$! > $(EMULATOR_DIR)/pid; \
-	  for i in $$(seq 1 60); do curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null && break; sleep 0.5; done; \
+	  for i in $$(seq 1 120); do curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null && break; sleep 0.5; done; \
 	  curl -sf http://127.0.0.1:$(EMULATOR_PORT)/ >/dev/null || { echo "emulator did not start; see $(EMULATOR_DIR)/emulator.log"; exit 1; }; fi
 	@curl -s -o /dev/null -X PUT $(EMU)/topics/$(TOPIC)
 	@curl -s -o /dev/null -X PUT $(EMU)/topics/$(DEAD_LETTER)
@@ -79,7 +79,7 @@ emulator:
 
 emulator-stop:
 	@if [ -f $(EMULATOR_DIR)/pid ]; then kill -- -$$(cat $(EMULATOR_DIR)/pid) 2>/dev/null || true; rm -f $(EMULATOR_DIR)/pid; fi
-	@pkill -f "pubsub-emulator.*$(EMULATOR_PORT)" 2>/dev/null || true
+	@pkill -f "[c]loud-pubsub-emulator.*--port=$(EMULATOR_PORT)" 2>/dev/null || true
 
 ## run-loop: make run, dead-lettering to the emulator's dead-letter topic
 run-loop:
