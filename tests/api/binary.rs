@@ -2,9 +2,12 @@
 //! and the development identity end to end (`serve --dev` + `dev-token`).
 
 use std::{
+    io::Read as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::helpers::DevWorker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pushworker");
 
@@ -176,37 +179,10 @@ fn bad_configuration_names_the_variable() {
 /// accepts, for both issuers; the dev key lives in a git-ignored folder.
 #[tokio::test]
 async fn dev_mode_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("pushworker-dev-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = Command::new(BIN)
-        .args(["serve", "--dev", "--dev-dir"])
-        .arg(&dir)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let worker = DevWorker::start("dev", &[], true).await;
+    let (dir, port) = (worker.dir.clone(), worker.port);
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "dev server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let base = worker.base();
     let mint = |args: &[&str]| {
         let out = Command::new(BIN)
             .arg("dev-token")
@@ -264,70 +240,39 @@ async fn dev_mode_end_to_end() {
             .mode();
         assert_eq!(mode & 0o077, 0, "the dev key is private to its owner");
     }
-    server.kill().ok();
-    let output = server.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let mut worker = worker;
+    worker.child.kill().ok();
+    let mut log = String::new();
+    for pipe in [
+        worker
+            .child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        worker
+            .child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        pipe.read_to_string(&mut log).unwrap();
+    }
     assert!(log.contains("DEVELOPMENT MODE"), "dev mode is loud: {log}");
     for token in [&google, &clerk] {
         assert!(!log.contains(token.as_str()), "a token was logged");
     }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A `serve --dev` process on a free port; killed on drop.
-struct DevServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn dev_server(dir: &std::path::Path) -> DevServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .args(["serve", "--dev", "--dev-dir"])
-        .arg(dir)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "dev server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    DevServer { child, port }
 }
 
 /// `pushworker replay` over the fixtures: every good one acked, every poison
 /// one nacked, the summary says so and the exit code follows.
 #[tokio::test]
 async fn replay_fixtures_into_a_dev_server() {
-    let dir = std::env::temp_dir().join(format!("pushworker-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let server = dev_server(&dir).await;
+    let server = DevWorker::start("replay", &[], false).await;
+    let dir = server.dir.clone();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let replay = |path: &str, extra: &[&str]| {
         let out = Command::new(BIN)

@@ -851,3 +851,102 @@ pub fn challenge(response: &reqwest::Response) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the worker on `port` answers `/readyz` with 200.
+pub async fn wait_ready(port: u16) {
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    while client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the worker on {port} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The real `pushworker serve --dev` process: an empty environment plus
+/// `env`, its own dev folder, a free port. Killed, and its folder removed, on
+/// drop.
+pub struct DevWorker {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+impl DevWorker {
+    /// Starts one and waits until it is ready. With `capture`, stdout and
+    /// stderr are piped (read them after it exits); otherwise discarded.
+    pub async fn start(name: &str, env: &[(&str, String)], capture: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pushworker-{name}-{}-{}",
+            std::process::id(),
+            now()
+        ));
+        let port = free_port();
+        let child = Self::spawn(port, &dir, env, capture);
+        wait_ready(port).await;
+        Self { child, port, dir }
+    }
+
+    /// Spawns the process without waiting (restarts reuse port and folder).
+    pub fn spawn(
+        port: u16,
+        dir: &std::path::Path,
+        env: &[(&str, String)],
+        capture: bool,
+    ) -> std::process::Child {
+        use std::process::Stdio;
+        let output = || {
+            if capture {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pushworker"));
+        cmd.args(["serve", "--dev", "--dev-dir"])
+            .arg(dir)
+            .env_clear()
+            .env("PORT", port.to_string())
+            .stdout(output())
+            .stderr(output());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The development identity this worker trusts.
+    pub fn identity(&self) -> pushworker::auth::dev::DevIdentity {
+        pushworker::auth::dev::DevIdentity::load_or_create(&self.dir).unwrap()
+    }
+}
+
+impl Drop for DevWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

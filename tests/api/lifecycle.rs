@@ -3,7 +3,7 @@
 
 use std::{
     io::Read as _,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -11,70 +11,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushworker");
-
-struct Worker {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts `serve --dev` with `env` and waits until it is ready.
-async fn start(name: &str, env: &[(&str, String)]) -> Worker {
-    let dir = std::env::temp_dir().join(format!(
-        "pushworker-{name}-{}-{}",
-        std::process::id(),
-        now()
-    ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--dev", "--dev-dir"])
-        .arg(&dir)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let worker = Worker {
-        child: cmd.spawn().unwrap(),
-        port,
-        dir,
-    };
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "worker did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn dev_google_token(worker: &DevWorker) -> String {
     worker
-}
-
-fn dev_google_token(worker: &Worker) -> String {
-    pushworker::auth::dev::DevIdentity::load_or_create(&worker.dir)
-        .unwrap()
+        .identity()
         .google_token(
             pushworker::auth::dev::DevIdentity::SERVICE_ACCOUNT,
             pushworker::auth::dev::DevIdentity::GOOGLE_AUDIENCE,
@@ -133,13 +72,14 @@ async fn push_sleep(
 #[tokio::test]
 async fn sigterm_lets_short_jobs_finish_and_nacks_the_rest() {
     let db = TestDb::create().await;
-    let mut worker = start(
+    let mut worker = DevWorker::start(
         "sigterm",
         &[
             ("SHUTDOWN_GRACE_SECS", "2".into()),
             ("JOB_TIMEOUT_SECS", "60".into()),
             ("DATABASE_URL", db.url()),
         ],
+        false,
     )
     .await;
     let token = dev_google_token(&worker);
@@ -215,13 +155,14 @@ async fn sigterm_lets_short_jobs_finish_and_nacks_the_rest() {
 /// (valid or hostile) appears anywhere in the output.
 #[tokio::test]
 async fn json_logs_follow_cloud_logging_and_never_hold_a_token() {
-    let mut worker = start(
+    let mut worker = DevWorker::start(
         "logs",
         &[
             ("LOG_FORMAT", "json".into()),
             ("GOOGLE_CLOUD_PROJECT", "acme-prod".into()),
             ("RUST_LOG", "debug".into()),
         ],
+        true,
     )
     .await;
     let token = dev_google_token(&worker);

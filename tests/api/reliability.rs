@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -21,40 +20,6 @@ use crate::{
     emulator::{Emulator, publish, subscription, topic},
     helpers::*,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_pushworker");
-
-fn spawn_worker(port: u16, dir: &std::path::Path, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--dev", "--dev-dir"])
-        .arg(dir)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
-}
-
-async fn wait_ready(port: u16) {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "worker did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -92,17 +57,13 @@ async fn sigkill_mid_run_loses_no_message() {
     let db = TestDb::create().await;
     let dir =
         std::env::temp_dir().join(format!("pushworker-crash-{}-{}", std::process::id(), now()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let env = [
         ("DATABASE_URL", db.url()),
         ("JOB_TIMEOUT_SECS", "2".to_owned()),
         ("RUN_LEASE_SECS", "3".to_owned()),
     ];
-    let mut worker = spawn_worker(port, &dir, &env);
+    let mut worker = DevWorker::spawn(port, &dir, &env, false);
     wait_ready(port).await;
 
     const MESSAGES: usize = 40;
@@ -137,7 +98,7 @@ async fn sigkill_mid_run_loses_no_message() {
     worker.kill().unwrap();
     worker.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut worker = spawn_worker(port, &dir, &env);
+    let mut worker = DevWorker::spawn(port, &dir, &env, false);
     wait_ready(port).await;
 
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
@@ -376,16 +337,9 @@ async fn mixed_soak_has_no_surprises_and_flat_memory() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let dir =
-        std::env::temp_dir().join(format!("pushworker-soak-{}-{}", std::process::id(), now()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut worker = spawn_worker(port, &dir, &[("RUNS_MAX_RECORDS", "2000".to_owned())]);
-    wait_ready(port).await;
-    let dev = DevIdentity::load_or_create(&dir).unwrap();
+    let worker = DevWorker::start("soak", &[("RUNS_MAX_RECORDS", "2000".to_owned())], false).await;
+    let port = worker.port;
+    let dev = worker.identity();
     let azp = format!("http://localhost:{port}");
     let user = |permissions: Vec<String>| pushworker::auth::dev::DevClerkUser {
         user_id: "user_soak".into(),
@@ -485,7 +439,7 @@ async fn mixed_soak_has_no_surprises_and_flat_memory() {
             unexpected
         }));
     }
-    let pid = worker.id();
+    let pid = worker.child.id();
     let mut curve = Vec::new();
     let started = Instant::now();
     while Instant::now() < deadline {
@@ -497,9 +451,7 @@ async fn mixed_soak_has_no_surprises_and_flat_memory() {
         unexpected.extend(t.await.unwrap());
     }
     curve.push((started.elapsed().as_secs(), rss_kib(pid).unwrap_or(0)));
-    worker.kill().ok();
-    worker.wait().ok();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(worker);
     let counts = counts.lock().unwrap().clone();
     let total: usize = counts.values().sum();
     let report = json!({
