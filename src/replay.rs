@@ -288,10 +288,16 @@ fn to_outgoing(origin: String, message: FileMessage, target: &str) -> anyhow::Re
             .into_bytes(),
     };
     // Without an id of its own a message gets a fresh one on every replay, so
-    // replaying a fixture runs it again instead of being deduplicated.
-    let id = message
-        .message_id
-        .unwrap_or_else(|| format!("replay-{}", uuid::Uuid::now_v7()));
+    // replaying a fixture runs it again instead of being deduplicated. An
+    // empty id is refused here: the worker refuses an envelope without one,
+    // so the message could never be delivered.
+    let id = match message.message_id {
+        Some(id) if id.is_empty() => {
+            bail!("{origin}: `messageId` is empty (leave it out for a fresh id per replay)")
+        }
+        Some(id) => id,
+        None => format!("replay-{}", uuid::Uuid::now_v7()),
+    };
     Ok(Outgoing {
         meta: MessageMeta {
             message_id: id,
@@ -601,4 +607,43 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(value: serde_json::Value) -> FileMessage {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// Regression (found by the property tests): an empty `messageId` made an
+    /// envelope the worker refuses (no message id), so the message could
+    /// never run; it is now refused when the file is read.
+    #[test]
+    fn an_empty_message_id_is_refused_when_read() {
+        let err = to_outgoing(
+            "f.json#0".into(),
+            message(serde_json::json!({"messageId": ""})),
+            "",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`messageId` is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_message_without_an_id_gets_a_fresh_one() {
+        let out = to_outgoing(
+            "f.json#0".into(),
+            message(serde_json::json!({"data": {"a": 1}})),
+            "",
+        )
+        .unwrap();
+        assert!(out.meta.message_id.starts_with("replay-"));
+        let body = serde_json::to_vec(&wrap(&out.meta, &out.data)).unwrap();
+        assert_eq!(
+            crate::pubsub::parse_wrapped(&body).unwrap().data,
+            br#"{"a":1}"#
+        );
+    }
 }

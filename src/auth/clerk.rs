@@ -175,7 +175,11 @@ fn organization_v2(o: OrgV2, fea: Option<&str>) -> Option<Organization> {
         let Ok(mask) = mask.parse::<u128>() else {
             continue;
         };
-        for (bit, name) in names.iter().enumerate().take(128) {
+        for (bit, name) in names
+            .iter()
+            .enumerate()
+            .take(super::dev::MAX_V2_PERMISSION_NAMES)
+        {
             if !name.is_empty() && mask & (1u128 << bit) != 0 {
                 permissions.insert(format!("org:{feature}:{name}"));
             }

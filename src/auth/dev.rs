@@ -222,6 +222,12 @@ impl DevIdentity {
 
     /// Mints a Clerk-shaped session token.
     pub fn clerk_token(&self, user: &DevClerkUser, lifetime_secs: i64) -> anyhow::Result<String> {
+        let names = v2_parts(&user.permissions).1.len();
+        if !user.v1 && user.org_id.is_some() && names > MAX_V2_PERMISSION_NAMES {
+            anyhow::bail!(
+                "a v2 Clerk token carries at most {MAX_V2_PERMISSION_NAMES} distinct permission names, not {names} (use fewer, or v1 claims)"
+            );
+        }
         self.key
             .sign(&clerk_claims(Self::CLERK_ISSUER, user, lifetime_secs))
     }
@@ -264,10 +270,15 @@ pub fn clerk_claims(issuer: &str, user: &DevClerkUser, lifetime_secs: i64) -> Va
     claims
 }
 
-/// Encodes `org:<feature>:<perm>` permissions the way Clerk's v2 tokens do:
-/// `fea` lists the org features, `per` the permission names, and `fpm` one
-/// bitmask per feature over `per` (bit i = `per[i]`).
-pub fn encode_v2_permissions(permissions: &[String]) -> (String, String, String) {
+/// The most distinct permission names a v2 token can carry: the verifier
+/// reads each `fpm` bitmask as a 128-bit number.
+pub const MAX_V2_PERMISSION_NAMES: usize = 128;
+
+/// `org:<feature>:<perm>` permissions split into the features and the
+/// distinct names (both in first-seen order) and the pairs.
+type V2Parts<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
+fn v2_parts(permissions: &[String]) -> V2Parts<'_> {
     let mut features: Vec<&str> = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     let parsed: Vec<(&str, &str)> = permissions
@@ -285,13 +296,25 @@ pub fn encode_v2_permissions(permissions: &[String]) -> (String, String, String)
             names.push(name);
         }
     }
+    (features, names, parsed)
+}
+
+/// Encodes `org:<feature>:<perm>` permissions the way Clerk's v2 tokens do:
+/// `fea` lists the org features, `per` the permission names, and `fpm` one
+/// bitmask per feature over `per` (bit i = `per[i]`). At most
+/// [`MAX_V2_PERMISSION_NAMES`] distinct names fit the masks; names past that
+/// are left out of them (grant nothing), and [`DevIdentity::clerk_token`]
+/// refuses such a list rather than mint it.
+pub fn encode_v2_permissions(permissions: &[String]) -> (String, String, String) {
+    let (features, names, parsed) = v2_parts(permissions);
     let masks: Vec<String> = features
         .iter()
         .map(|f| {
-            let mut mask: u64 = 0;
+            let mut mask: u128 = 0;
             for (feature, name) in &parsed {
                 if feature == f
                     && let Some(i) = names.iter().position(|n| n == name)
+                    && i < MAX_V2_PERMISSION_NAMES
                 {
                     mask |= 1 << i;
                 }
@@ -330,4 +353,52 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(permissions: Vec<String>) -> DevClerkUser {
+        DevClerkUser {
+            user_id: "user_1".into(),
+            session_id: "sess_1".into(),
+            org_id: Some("org_1".into()),
+            role: "member".into(),
+            permissions,
+            v1: false,
+            authorized_party: "http://localhost:8080".into(),
+        }
+    }
+
+    /// Regression (found by the property tests): more than 64 distinct names
+    /// overflowed the u64 mask (a panic in debug builds, wrong bits in
+    /// release). Bit 127 is the last one the verifier reads.
+    #[test]
+    fn v2_masks_hold_up_to_128_names() {
+        let permissions: Vec<String> = (0..MAX_V2_PERMISSION_NAMES)
+            .map(|i| format!("org:jobs:p{i}"))
+            .collect();
+        let (fea, per, fpm) = encode_v2_permissions(&permissions);
+        assert_eq!(fea, "o:jobs");
+        assert_eq!(per.split(',').count(), MAX_V2_PERMISSION_NAMES);
+        assert_eq!(fpm, u128::MAX.to_string());
+    }
+
+    #[test]
+    fn names_past_the_masks_grant_nothing_and_are_refused() {
+        let mut permissions: Vec<String> = (0..MAX_V2_PERMISSION_NAMES)
+            .map(|i| format!("org:a:p{i}"))
+            .collect();
+        permissions.push("org:b:last".into());
+        let (fea, _, fpm) = encode_v2_permissions(&permissions);
+        assert_eq!(fea, "o:a,o:b");
+        assert_eq!(fpm, format!("{},0", u128::MAX));
+
+        let dir = std::env::temp_dir().join(format!("pushworker-dev-test-{}", std::process::id()));
+        let identity = DevIdentity::load_or_create(&dir).unwrap();
+        let refused = identity.clerk_token(&user(permissions), 60);
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(refused.unwrap_err().to_string().contains("at most 128"));
+    }
 }

@@ -9,7 +9,6 @@
 
 use axum::http::{HeaderMap, header::AUTHORIZATION};
 use base64::Engine as _;
-use serde::Deserialize;
 
 use super::AuthError;
 
@@ -56,11 +55,6 @@ pub struct Unverified {
     pub kid: String,
     /// The payload's issuer (unverified: used only for routing).
     pub iss: String,
-}
-
-#[derive(Deserialize)]
-struct IssOnly {
-    iss: Option<serde_json::Value>,
 }
 
 fn b64url(part: &str) -> Result<Vec<u8>, AuthError> {
@@ -110,12 +104,53 @@ pub fn inspect(token: &str) -> Result<Unverified, AuthError> {
         Some(kid) if !kid.is_empty() && kid.len() <= 256 => kid.to_owned(),
         _ => return Err(AuthError::InvalidToken("token header has no kid")),
     };
-    let claims: IssOnly = serde_json::from_slice(&b64url(payload)?)
-        .map_err(|_| AuthError::InvalidToken("token payload is not a JSON object"))?;
-    let iss = match claims.iss {
+    // A map, not a struct with an `iss` field: serde would read a struct from
+    // a JSON array too, and take `["https://accounts.google.com"]` as an issuer.
+    let mut claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b64url(payload)?)
+            .map_err(|_| AuthError::InvalidToken("token payload is not a JSON object"))?;
+    let iss = match claims.remove("iss") {
         Some(serde_json::Value::String(iss)) if !iss.is_empty() => iss,
         _ => return Err(AuthError::InvalidToken("token has no issuer")),
     };
     b64url(signature)?;
     Ok(Unverified { kid, iss })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: &str, payload: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.AA", b64(header), b64(payload))
+    }
+
+    #[test]
+    fn reads_kid_and_iss() {
+        let got = inspect(&token(
+            r#"{"alg":"RS256","kid":"k1"}"#,
+            r#"{"iss":"https://accounts.google.com"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (got.kid.as_str(), got.iss.as_str()),
+            ("k1", "https://accounts.google.com")
+        );
+    }
+
+    /// Regression (found by the property tests): a JSON array payload was
+    /// read as the struct it deserialised into, its first element as `iss`.
+    #[test]
+    fn an_array_payload_is_not_claims() {
+        let err = inspect(&token(
+            r#"{"alg":"RS256","kid":"k1"}"#,
+            r#"["https://accounts.google.com"]"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            AuthError::InvalidToken("token payload is not a JSON object")
+        );
+    }
 }
