@@ -16,7 +16,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every configured issuer has usable signing keys.
+/// Ready when every configured issuer has usable signing keys. The body also
+/// carries the key caches' and the token cache's counters (no secrets: counts
+/// only), which the benchmark reads.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut ready = true;
     let mut issuers = serde_json::Map::new();
@@ -30,10 +32,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         ready &= stats.loaded;
         issuers.insert("clerk".into(), json!(stats));
     }
+    let mut body = json!({ "ready": ready, "issuers": issuers });
+    if let Some(cache) = state.auth.token_cache() {
+        body["token_cache"] = json!(cache.stats());
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready, "issuers": issuers })))
+    (status, Json(body))
 }

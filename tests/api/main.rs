@@ -13,3 +13,4 @@ mod jobs;
 mod keys;
 mod push;
 mod runs;
+mod token_cache;
