@@ -78,6 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5)]
     pub auth_leeway_secs: u64,
 
+    /// Most verified tokens remembered, so that a token sent again (as
+    /// Pub/Sub does on every push) skips the signature check until it
+    /// expires or its key leaves the key set. 0 turns the cache off.
+    #[arg(long, env = "TOKEN_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub token_cache_max_entries: usize,
+
     /// Clerk permission that allows triggering jobs (and posting envelopes).
     #[arg(long, env = "TRIGGER_PERMISSION", default_value = "org:jobs:trigger")]
     pub trigger_permission: String,
@@ -373,6 +379,8 @@ pub struct Config {
     pub clerk: Option<ClerkConfig>,
     /// Clock skew allowed on time claims.
     pub leeway: Duration,
+    /// Bound of the verified-token cache (0: off).
+    pub token_cache_max_entries: usize,
     /// Manual-trigger policy.
     pub trigger: TriggerPolicy,
     /// Attribute naming the job.
@@ -570,6 +578,12 @@ impl Config {
                 args.auth_leeway_secs
             );
         }
+        if args.token_cache_max_entries > 1_000_000 {
+            bail!(
+                "TOKEN_CACHE_MAX_ENTRIES: {} is too large; use 0 (off) to 1000000",
+                args.token_cache_max_entries
+            );
+        }
         if args.job_timeout_secs == 0 || args.job_timeout_secs > 3600 {
             bail!(
                 "JOB_TIMEOUT_SECS: {} is out of range; use 1 to 3600 (and keep it below the subscription's ack deadline)",
@@ -757,6 +771,7 @@ impl Config {
             google,
             clerk,
             leeway: Duration::from_secs(args.auth_leeway_secs),
+            token_cache_max_entries: args.token_cache_max_entries,
             trigger: TriggerPolicy {
                 permission: args.trigger_permission.trim().to_owned(),
                 roles: clean_list(&args.trigger_roles),

@@ -11,7 +11,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::{Authenticator, clerk::ClerkVerifier, google::GoogleVerifier, keys::KeyCache},
+    auth::{
+        Authenticator, clerk::ClerkVerifier, google::GoogleVerifier, keys::KeyCache,
+        token_cache::TokenCache,
+    },
     config::Config,
     http::{AppState, router},
     jobs::{JobDeps, JobRegistry},
@@ -99,6 +102,7 @@ impl Application {
             None => Arc::new(MemoryStore::new(settings)),
         };
         spawn_pruner(Arc::clone(&runs), PRUNE_EVERY);
+        let tokens = TokenCache::new(config.token_cache_max_entries, config.leeway);
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -107,7 +111,7 @@ impl Application {
             listener,
             state: AppState {
                 config: Arc::new(config),
-                auth: Arc::new(Authenticator::new(google, clerk)),
+                auth: Arc::new(Authenticator::new(google, clerk).with_token_cache(tokens)),
                 jobs: Arc::new(jobs),
                 dead_letter,
                 runs,

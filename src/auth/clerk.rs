@@ -16,7 +16,10 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::{AuthError, ClerkUser, Organization, Principal, keys::KeyCache, verify_signature};
+use super::{
+    AuthError, ClerkUser, Organization, Principal, Verified, keys::KeyCache, lifetime,
+    verify_signature,
+};
 use crate::config::ClerkConfig;
 
 /// Verifies Clerk session tokens.
@@ -43,6 +46,11 @@ struct ClerkClaims {
     sid: Option<String>,
     azp: Option<String>,
     iat: Option<i64>,
+    /// Read again (after `jsonwebtoken` validated them) only for the
+    /// verified-token cache; any JSON is accepted here, so that reading them
+    /// never refuses a token the validation let through.
+    exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
     sts: Option<String>,
     o: Option<OrgV2>,
     fea: Option<String>,
@@ -82,6 +90,12 @@ impl ClerkVerifier {
 
     /// Verifies `token` (whose unverified header named `kid`).
     pub async fn verify(&self, token: &str, kid: &str) -> Result<Principal, AuthError> {
+        self.verify_full(token, kid).await.map(|v| v.principal)
+    }
+
+    /// Verifies `token`, answering also the key and the time claims that the
+    /// verified-token cache needs.
+    pub(crate) async fn verify_full(&self, token: &str, kid: &str) -> Result<Verified, AuthError> {
         let key = self
             .keys
             .key(kid)
@@ -136,12 +150,17 @@ impl ClerkVerifier {
                     .collect(),
             })
         };
-        Ok(Principal::Clerk(ClerkUser {
+        let principal = Principal::Clerk(ClerkUser {
             user_id,
             session_id,
             authorized_party: azp,
             organization,
-        }))
+        });
+        Ok(Verified {
+            principal,
+            lifetime: lifetime(claims.exp.as_ref(), claims.nbf.as_ref(), claims.iat),
+            key,
+        })
     }
 }
 

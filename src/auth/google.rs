@@ -10,7 +10,9 @@
 
 use serde::Deserialize;
 
-use super::{AuthError, GoogleIdentity, Principal, keys::KeyCache, verify_signature};
+use super::{
+    AuthError, GoogleIdentity, Principal, Verified, keys::KeyCache, lifetime, verify_signature,
+};
 use crate::config::{GOOGLE_ISSUERS, GoogleConfig};
 
 /// Verifies Google ID tokens.
@@ -43,6 +45,11 @@ struct GoogleClaims {
     email: Option<String>,
     email_verified: Option<Flag>,
     iat: Option<i64>,
+    /// Read again (after `jsonwebtoken` validated them) only for the
+    /// verified-token cache; any JSON is accepted here, so that reading them
+    /// never refuses a token the validation let through.
+    exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
 }
 
 impl GoogleVerifier {
@@ -71,6 +78,12 @@ impl GoogleVerifier {
 
     /// Verifies `token` (whose unverified header named `kid`).
     pub async fn verify(&self, token: &str, kid: &str) -> Result<Principal, AuthError> {
+        self.verify_full(token, kid).await.map(|v| v.principal)
+    }
+
+    /// Verifies `token`, answering also the key and the time claims that the
+    /// verified-token cache needs.
+    pub(crate) async fn verify_full(&self, token: &str, kid: &str) -> Result<Verified, AuthError> {
         let key = self
             .keys
             .key(kid)
@@ -109,10 +122,15 @@ impl GoogleVerifier {
                 .find(|a| self.cfg.audiences.contains(a))
                 .unwrap_or_default(),
         };
-        Ok(Principal::Google(GoogleIdentity {
+        let principal = Principal::Google(GoogleIdentity {
             email,
             subject: claims.sub.unwrap_or_default(),
             audience,
-        }))
+        });
+        Ok(Verified {
+            principal,
+            lifetime: lifetime(claims.exp.as_ref(), claims.nbf.as_ref(), claims.iat),
+            key,
+        })
     }
 }

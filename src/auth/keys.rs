@@ -15,6 +15,12 @@
 //!   refreshes fail; after that the issuer is unavailable and callers answer
 //!   503 so Pub/Sub retries instead of dead-lettering.
 //! - **Fetches are bounded**: a timeout and a body-size cap.
+//! - **A key keeps its identity across refreshes.** A refresh that serves a
+//!   `kid` with the same material (`n`, `e`) reuses the previous
+//!   `Arc<DecodingKey>`, so "is this still the key for that kid?" is a
+//!   pointer comparison ([`KeyCache::is_current`]): the verified-token cache
+//!   keeps its entries across a routine refresh and drops them as soon as
+//!   their key is gone or replaced.
 
 use std::{
     collections::HashMap,
@@ -45,21 +51,42 @@ pub enum KeyError {
     Unavailable,
 }
 
+/// One verification key and the material it was built from (the JWK's `n`
+/// and `e`, or the PEM), which decides whether a refresh may keep its `Arc`.
+struct Key {
+    decoding: Arc<DecodingKey>,
+    material: String,
+}
+
 /// One fetched key set.
 struct KeySet {
-    by_kid: HashMap<String, Arc<DecodingKey>>,
+    by_kid: HashMap<String, Key>,
     /// A single key that serves every kid (`CLERK_JWT_KEY`).
-    any_kid: Option<Arc<DecodingKey>>,
+    any_kid: Option<Key>,
     fresh_until: Instant,
     usable_until: Instant,
     generation: u64,
 }
 
 impl KeySet {
+    fn entry(&self, kid: &str) -> Option<&Key> {
+        self.any_kid.as_ref().or_else(|| self.by_kid.get(kid))
+    }
+
     fn get(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.any_kid
-            .clone()
-            .or_else(|| self.by_kid.get(kid).cloned())
+        self.entry(kid).map(|k| Arc::clone(&k.decoding))
+    }
+}
+
+/// Reuses `previous`'s `Arc` for every key whose material did not change, so
+/// that a refresh serving the same keys keeps their identity.
+fn keep_identity(fresh: Key, previous: Option<&Key>) -> Key {
+    match previous {
+        Some(old) if old.material == fresh.material => Key {
+            decoding: Arc::clone(&old.decoding),
+            material: fresh.material,
+        },
+        _ => fresh,
     }
 }
 
@@ -191,6 +218,25 @@ impl KeyCache {
         }
     }
 
+    /// Whether `key` is still the key that the current, usable key set serves
+    /// for `kid`: the check behind every hit of the verified-token cache.
+    ///
+    /// It never fetches in the foreground, but past the TTL it starts the same
+    /// background refresh a lookup would, so that a cache serving every
+    /// request still notices a rotation. `false` when the set is stale past
+    /// its bound, when the kid is gone, or when it now names other material.
+    pub fn is_current(&self, kid: &str, key: &Arc<DecodingKey>) -> bool {
+        let now = Instant::now();
+        let Some(set) = self.0.usable_set(now) else {
+            return false;
+        };
+        if now >= set.fresh_until {
+            self.spawn_background_refresh();
+        }
+        set.entry(kid)
+            .is_some_and(|k| Arc::ptr_eq(&k.decoding, key))
+    }
+
     /// Whether usable keys are loaded.
     pub fn is_loaded(&self) -> bool {
         self.0.usable_set(Instant::now()).is_some()
@@ -252,6 +298,17 @@ impl Inner {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match fetch_key_set(&self.source, &self.client, &self.cfg).await {
             Ok((by_kid, any_kid, ttl)) => {
+                let previous = self.current.load_full();
+                let previous = previous.as_deref();
+                let by_kid: HashMap<String, Key> = by_kid
+                    .into_iter()
+                    .map(|(kid, key)| {
+                        let old = previous.and_then(|p| p.by_kid.get(&kid));
+                        (kid, keep_identity(key, old))
+                    })
+                    .collect();
+                let any_kid = any_kid
+                    .map(|key| keep_identity(key, previous.and_then(|p| p.any_kid.as_ref())));
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 let fetched = Instant::now();
                 tracing::info!(
@@ -281,11 +338,7 @@ impl Inner {
     }
 }
 
-type Fetched = (
-    HashMap<String, Arc<DecodingKey>>,
-    Option<Arc<DecodingKey>>,
-    Duration,
-);
+type Fetched = (HashMap<String, Key>, Option<Key>, Duration);
 
 async fn fetch_key_set(
     source: &KeySource,
@@ -297,7 +350,11 @@ async fn fetch_key_set(
         KeySource::Pem(pem) => {
             let key = DecodingKey::from_rsa_pem(pem.as_bytes())
                 .context("CLERK_JWT_KEY is not an RSA public key")?;
-            Ok((HashMap::new(), Some(Arc::new(key)), cfg.max_ttl))
+            let key = Key {
+                decoding: Arc::new(key),
+                material: pem.clone(),
+            };
+            Ok((HashMap::new(), Some(key), cfg.max_ttl))
         }
         KeySource::File(path) => {
             let bytes = tokio::fs::read(path)
@@ -306,7 +363,7 @@ async fn fetch_key_set(
             if bytes.len() > MAX_JWKS_BYTES {
                 bail!("JWKS file is larger than {MAX_JWKS_BYTES} bytes");
             }
-            Ok((parse_jwks(&bytes)?, None, cfg.min_ttl))
+            Ok((parse_jwks_keys(&bytes)?, None, cfg.min_ttl))
         }
         KeySource::Url(url) => {
             let fetch = async {
@@ -337,7 +394,7 @@ async fn fetch_key_set(
                 .await
                 .map_err(|_| anyhow::anyhow!("timed out after {:?}", cfg.fetch_timeout))??;
             let ttl = clamp(max_age.unwrap_or(cfg.min_ttl));
-            Ok((parse_jwks(&body)?, None, ttl))
+            Ok((parse_jwks_keys(&body)?, None, ttl))
         }
     }
 }
@@ -361,6 +418,13 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 /// Parses a JWKS document into RS256 verification keys by kid. Keys of other
 /// types, algorithms or uses are skipped; a document with none is an error.
 pub fn parse_jwks(bytes: &[u8]) -> anyhow::Result<HashMap<String, Arc<DecodingKey>>> {
+    Ok(parse_jwks_keys(bytes)?
+        .into_iter()
+        .map(|(kid, key)| (kid, key.decoding))
+        .collect())
+}
+
+fn parse_jwks_keys(bytes: &[u8]) -> anyhow::Result<HashMap<String, Key>> {
     let jwks: Jwks = serde_json::from_slice(bytes)
         .context("not a JWKS document (expected {\"keys\": [...]})")?;
     let mut keys = HashMap::new();
@@ -378,7 +442,14 @@ pub fn parse_jwks(bytes: &[u8]) -> anyhow::Result<HashMap<String, Arc<DecodingKe
             continue;
         };
         if let Ok(key) = DecodingKey::from_rsa_components(&n, &e) {
-            keys.insert(kid, Arc::new(key));
+            let material = format!("{n}.{e}");
+            keys.insert(
+                kid,
+                Key {
+                    decoding: Arc::new(key),
+                    material,
+                },
+            );
         }
     }
     if keys.is_empty() {

@@ -17,6 +17,10 @@
 //!   permission, or one who may trigger. Service accounts may not: the ledger
 //!   holds every payload, and pushing a message is no reason to read others'.
 //!
+//! A token the verifiers accepted is remembered in the [`token_cache`] (keyed
+//! by its SHA-256), so a token sent again, as Pub/Sub does on every push,
+//! skips the RSA check for as long as the verifier itself would accept it.
+//!
 //! Failures follow RFC 6750 (see [`AuthError`]); tokens are never logged.
 
 pub mod clerk;
@@ -24,14 +28,15 @@ pub mod dev;
 pub mod google;
 pub mod keys;
 pub mod token;
+pub mod token_cache;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
     http::request::Parts,
 };
-use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, errors::ErrorKind};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
@@ -211,21 +216,49 @@ pub fn trigger_denial(policy: &TriggerPolicy, has_org: bool) -> String {
     text
 }
 
-/// The authentication core: routes a token by issuer to its verifier.
+/// A verifier's acceptance, with what the [`token_cache`] needs to keep it no
+/// longer than the verifier would: the key that checked the signature and the
+/// token's time claims.
+pub(crate) struct Verified {
+    pub(crate) principal: Principal,
+    pub(crate) key: Arc<DecodingKey>,
+    pub(crate) lifetime: Option<token_cache::Lifetime>,
+}
+
+pub(crate) use token_cache::lifetime;
+
+/// The authentication core: routes a token by issuer to its verifier, in
+/// front of the verified-token cache.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     google: Option<google::GoogleVerifier>,
     clerk: Option<clerk::ClerkVerifier>,
+    tokens: Option<Arc<token_cache::TokenCache>>,
 }
 
 impl Authenticator {
     /// An authenticator over the configured verifiers (either may be absent,
-    /// and then its tokens are refused).
+    /// and then its tokens are refused), with no token cache.
     pub fn new(
         google: Option<google::GoogleVerifier>,
         clerk: Option<clerk::ClerkVerifier>,
     ) -> Self {
-        Self { google, clerk }
+        Self {
+            google,
+            clerk,
+            tokens: None,
+        }
+    }
+
+    /// The same, remembering accepted tokens in `cache` (`None`: no cache).
+    pub fn with_token_cache(mut self, cache: Option<token_cache::TokenCache>) -> Self {
+        self.tokens = cache.map(Arc::new);
+        self
+    }
+
+    /// The verified-token cache, if enabled.
+    pub fn token_cache(&self) -> Option<&token_cache::TokenCache> {
+        self.tokens.as_deref()
     }
 
     /// The Google verifier, if configured.
@@ -238,23 +271,78 @@ impl Authenticator {
         self.clerk.as_ref()
     }
 
-    /// Authenticates a request from its headers.
+    /// Authenticates a request from its headers: from the token cache when
+    /// the token is there and still acceptable, otherwise by its verifier
+    /// (and then cached).
     pub async fn authenticate(
         &self,
         headers: &axum::http::HeaderMap,
     ) -> Result<Principal, AuthError> {
         let token = token::bearer_token(headers)?;
+        let Some(cache) = &self.tokens else {
+            return self.verify(token).await.map(|(_, _, v)| v.principal);
+        };
+        let digest = token_cache::TokenCache::digest(token);
+        if let Some(principal) = cache.get(&digest, |issuer, kid, key| {
+            self.key_is_current(issuer, kid, key)
+        }) {
+            return Ok(principal);
+        }
+        let (issuer, kid, verified) = self.verify(token).await?;
+        cache.insert(
+            digest,
+            issuer,
+            &kid,
+            &verified.key,
+            &verified.principal,
+            verified.lifetime,
+        );
+        Ok(verified.principal)
+    }
+
+    /// Whether `key` still serves `kid` in `issuer`'s current key set.
+    fn key_is_current(
+        &self,
+        issuer: token_cache::Issuer,
+        kid: &str,
+        key: &Arc<DecodingKey>,
+    ) -> bool {
+        match issuer {
+            token_cache::Issuer::Google => self
+                .google
+                .as_ref()
+                .is_some_and(|v| v.keys().is_current(kid, key)),
+            token_cache::Issuer::Clerk => self
+                .clerk
+                .as_ref()
+                .is_some_and(|v| v.keys().is_current(kid, key)),
+        }
+    }
+
+    /// Checks the token's header, routes it by its unverified `iss`, and
+    /// verifies it with that issuer's verifier.
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(token_cache::Issuer, String, Verified), AuthError> {
         let unverified = token::inspect(token)?;
+        let kid = unverified.kid;
         if GOOGLE_ISSUERS.contains(&unverified.iss.as_str()) {
             return match &self.google {
-                Some(v) => v.verify(token, &unverified.kid).await,
+                Some(v) => {
+                    let verified = v.verify_full(token, &kid).await?;
+                    Ok((token_cache::Issuer::Google, kid, verified))
+                }
                 None => Err(AuthError::InvalidToken(
                     "Google tokens are not accepted here",
                 )),
             };
         }
         match &self.clerk {
-            Some(v) if v.issuer() == unverified.iss => v.verify(token, &unverified.kid).await,
+            Some(v) if v.issuer() == unverified.iss => {
+                let verified = v.verify_full(token, &kid).await?;
+                Ok((token_cache::Issuer::Clerk, kid, verified))
+            }
             _ => Err(AuthError::InvalidToken("issuer not accepted")),
         }
     }

@@ -25,7 +25,8 @@ async fn healthz() -> Json<Value> {
 }
 
 /// Ready when every configured issuer has usable signing keys and the run
-/// ledger answers within 2 s.
+/// ledger answers within 2 s. The body also carries the key caches' and the
+/// token cache's counters (no secrets: counts only), which the benchmark reads.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut ready = true;
     let mut issuers = serde_json::Map::new();
@@ -52,13 +53,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         Err(_) => json!({ "reachable": false, "timed_out": true }),
     };
     ready &= store["reachable"] == true;
+    let mut body = json!({ "ready": ready, "issuers": issuers, "store": store });
+    if let Some(cache) = state.auth.token_cache() {
+        body["token_cache"] = json!(cache.stats());
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "ready": ready, "issuers": issuers, "store": store })),
-    )
+    (status, Json(body))
 }

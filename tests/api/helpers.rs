@@ -379,6 +379,8 @@ pub struct Options {
     pub lease: Duration,
     pub runs_max_records: usize,
     pub payload_cap: usize,
+    /// Bound of the verified-token cache (0: off).
+    pub token_cache_max_entries: usize,
     /// The `count` job's counter.
     pub counter: Arc<AtomicUsize>,
 }
@@ -403,6 +405,7 @@ impl Default for Options {
             lease: Duration::from_secs(31),
             runs_max_records: 10_000,
             payload_cap: 64 * 1024,
+            token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -448,6 +451,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             publishable_key: options.publishable_key.clone(),
         }),
         leeway: Duration::from_secs(5),
+        token_cache_max_entries: options.token_cache_max_entries,
         trigger: TriggerPolicy {
             permission: TRIGGER.to_owned(),
             roles: options.trigger_roles.clone(),
@@ -705,6 +709,12 @@ impl TestApp {
                 None => return runs,
             }
         }
+    }
+
+    /// The verified-token cache's counters, as `/readyz` reports them.
+    pub async fn token_cache_stats(&self) -> Value {
+        let body: Value = self.readyz().await.json().await.unwrap();
+        body["token_cache"].clone()
     }
 
     /// How many times the `count` job has run.

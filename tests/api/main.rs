@@ -15,3 +15,4 @@ mod lifecycle;
 mod push;
 mod reliability;
 mod runs;
+mod token_cache;
