@@ -87,7 +87,7 @@ pub enum EnvelopeError {
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    message: Option<WireMessage<'a>>,
+    message: Option<Object<WireMessage<'a>>>,
     subscription: Option<String>,
     #[serde(rename = "deliveryAttempt")]
     delivery_attempt: Option<u32>,
@@ -108,6 +108,29 @@ struct WireMessage<'a> {
     publish_time_snake: Option<String>,
     #[serde(rename = "orderingKey")]
     ordering_key: Option<String>,
+}
+
+/// A struct read only from a JSON object. serde's derived structs also take a
+/// JSON array (the fields in order), and `[{"messageId":"1"},null,null]` is
+/// no push envelope (caught by the `push_envelope` fuzz target).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 /// Standard base64, padding optional (Pub/Sub pads; hand-made envelopes may not).
@@ -133,9 +156,9 @@ pub fn parse_push(headers: &HeaderMap, body: &[u8]) -> Result<PushMessage, Envel
 
 /// Parses the wrapped JSON envelope.
 pub fn parse_wrapped(body: &[u8]) -> Result<PushMessage, EnvelopeError> {
-    let envelope: Envelope<'_> =
+    let Object(envelope): Object<Envelope<'_>> =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::NotEnvelope(e.to_string()))?;
-    let message = envelope.message.ok_or(EnvelopeError::NoMessage)?;
+    let Object(message) = envelope.message.ok_or(EnvelopeError::NoMessage)?;
     let message_id = message
         .message_id
         .or(message.message_id_snake)
@@ -298,6 +321,31 @@ mod tests {
         let parsed = parse_wrapped(&body).unwrap();
         assert_eq!(parsed.meta, meta);
         assert_eq!(parsed.data, b"hello");
+    }
+
+    /// Regression (caught by the `push_envelope` fuzz target's independent
+    /// check): a JSON array, as the envelope or as its message, was read as
+    /// the struct its elements fill in order.
+    #[test]
+    fn an_array_is_not_an_envelope_or_a_message() {
+        for body in [
+            r#"[{"messageId":"1"},null,null]"#,
+            r#"{"message":["aGk=",{"job":"echo"},"7",null,null,null,null]}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_wrapped(body.as_bytes()),
+                    Err(EnvelopeError::NotEnvelope(_))
+                ),
+                "{body}"
+            );
+        }
+        // The same fields as objects still parse, borrowed data included.
+        let msg = parse_wrapped(br#"{"message":{"data":"aGk=","messageId":"7"}}"#).unwrap();
+        assert_eq!(
+            (msg.data.as_slice(), msg.meta.message_id.as_str()),
+            (b"hi".as_slice(), "7")
+        );
     }
 
     #[test]
