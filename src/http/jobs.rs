@@ -53,9 +53,9 @@ pub(super) fn body_error(rejection: BytesRejection) -> Error {
 }
 
 /// The payload bytes to decode: an empty body means `{}`.
-pub(super) fn payload_or_empty_object(bytes: &[u8]) -> &[u8] {
+pub(super) fn payload_or_empty_object(bytes: Bytes) -> Bytes {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
+        Bytes::from_static(b"{}")
     } else {
         bytes
     }
@@ -152,7 +152,7 @@ async fn trigger(
         Principal::Clerk(_) => RunSource::Manual,
     };
     tracing::Span::current().record("source", source.as_str());
-    let payload = payload_or_empty_object(&body).to_vec();
+    let payload = payload_or_empty_object(body);
     let digest = crate::runs::digest(&payload);
     let outcome = state
         .runner()
@@ -212,6 +212,7 @@ async fn trigger(
     match result {
         Ok(output) => {
             tracing::info!(duration_ms, "job succeeded");
+            let output = output.to_value().map_err(|e| Error::Internal(e.into()))?;
             Ok(Json(json!({
                 "run_id": run_id,
                 "job": name,

@@ -32,16 +32,13 @@ use std::sync::Arc;
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{FromRequest, Path, Request, State},
+    http::{HeaderMap, StatusCode, header},
     routing::post,
 };
 use tracing::field::Empty;
 
-use super::{
-    AppState, Error,
-    jobs::{body_error, payload_or_empty_object},
-};
+use super::{AppState, Error, jobs::payload_or_empty_object};
 use crate::{
     auth::{CanTrigger, Principal},
     jobs::RunSource,
@@ -65,7 +62,7 @@ async fn push_by_attribute(
     State(state): State<AppState>,
     CanTrigger(principal): CanTrigger,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    PushBody(body): PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, None, principal, headers, body).await
 }
@@ -76,9 +73,46 @@ async fn push_to_job(
     Path(job): Path<String>,
     CanTrigger(principal): CanTrigger,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    PushBody(body): PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, Some(job), principal, headers, body).await
+}
+
+/// The request body, read into one buffer sized by `Content-Length`: a 13 MB
+/// envelope costs 13 MB, where collecting chunks and then joining them would
+/// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413.
+struct PushBody(Result<Bytes, Error>);
+
+impl<S: Send + Sync> FromRequest<S> for PushBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(read_body(request).await))
+    }
+}
+
+async fn read_body(request: Request) -> Result<Bytes, Error> {
+    use futures::StreamExt as _;
+    let limit = pubsub::MAX_BODY_BYTES;
+    let too_large = || Error::PayloadTooLarge(limit);
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buffer = Vec::with_capacity(declared.unwrap_or(0));
+    let mut stream = request.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Error::BadBody)?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer))
 }
 
 #[tracing::instrument(
@@ -91,10 +125,10 @@ async fn handle(
     path_job: Option<String>,
     principal: Principal,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Error>,
 ) -> Result<StatusCode, Error> {
     let span = tracing::Span::current();
-    let body = body.map_err(body_error)?;
+    let body = body?;
     let message = match pubsub::parse_push(&headers, &body) {
         Ok(m) => m,
         Err(e) => {
@@ -117,6 +151,8 @@ async fn handle(
         }
     };
     drop(body);
+    // Shared with the run (no copy); kept for dead-lettering after it.
+    let data = Bytes::from(message.data);
     let meta = Arc::new(message.meta);
     span.record("message_id", meta.message_id.as_str());
     if let Some(s) = &meta.subscription {
@@ -135,7 +171,7 @@ async fn handle(
             text: err.to_string(),
             job: None,
         };
-        return permanent_failure(&state, &meta, &message.data, reason, err, None).await;
+        return permanent_failure(&state, &meta, &data, reason, err, None).await;
     };
     span.record("job", job.as_str());
 
@@ -154,7 +190,7 @@ async fn handle(
             message: Some(Arc::clone(&meta)),
             attempt,
             idempotency_key: None,
-            payload: payload_or_empty_object(&message.data).to_vec(),
+            payload: payload_or_empty_object(data.clone()),
         })
         .await?;
     match outcome {
@@ -178,7 +214,7 @@ async fn handle(
                 text: e.to_string(),
                 job: Some(&job),
             };
-            permanent_failure(&state, &meta, &message.data, reason, e.into(), Some(run_id)).await
+            permanent_failure(&state, &meta, &data, reason, e.into(), Some(run_id)).await
         }
         Outcome::Ran { result: Err(e), .. } => Err(e.into()),
         Outcome::Duplicate {

@@ -183,7 +183,49 @@ trait ErasedJob: Send + Sync {
         &self,
         payload: &[u8],
         ctx: JobContext,
-    ) -> Result<BoxFuture<Result<serde_json::Value, JobError>>, DispatchError>;
+    ) -> Result<BoxFuture<Result<JobOutput, JobError>>, DispatchError>;
+}
+
+/// A job's successful output, kept typed: it becomes JSON only where it is
+/// needed (the run record, within its cap; a manual caller's answer), so a
+/// large output is never copied just to be measured or dropped.
+pub struct JobOutput(Box<dyn ErasedOutput>);
+
+trait ErasedOutput: Send {
+    fn to_value(&self) -> serde_json::Result<serde_json::Value>;
+    fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()>;
+}
+
+impl<T: Serialize + Send> ErasedOutput for T {
+    fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
+    }
+    fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+        serde_json::to_writer(out, self)
+    }
+}
+
+impl JobOutput {
+    /// Wraps a job's output.
+    pub fn new<T: Serialize + Send + 'static>(output: T) -> Self {
+        Self(Box::new(output))
+    }
+
+    /// The output as a JSON value.
+    pub fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        self.0.to_value()
+    }
+
+    /// Writes the output as JSON text, stopping at the writer's first error.
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+        self.0.write_json(out)
+    }
+}
+
+impl std::fmt::Debug for JobOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobOutput(..)")
+    }
 }
 
 struct Erased<J: Job>(Arc<J>);
@@ -237,13 +279,12 @@ impl<J: Job> ErasedJob for Erased<J> {
         &self,
         payload: &[u8],
         ctx: JobContext,
-    ) -> Result<BoxFuture<Result<serde_json::Value, JobError>>, DispatchError> {
+    ) -> Result<BoxFuture<Result<JobOutput, JobError>>, DispatchError> {
         let payload: J::Payload = decode_payload(J::NAME, payload)?;
         let job = Arc::clone(&self.0);
         Ok(Box::pin(async move {
             let output = job.run(payload, ctx).await?;
-            serde_json::to_value(output)
-                .map_err(|e| JobError::Permanent(format!("output is not serialisable: {e}")))
+            Ok(JobOutput::new(output))
         }))
     }
 }
@@ -326,17 +367,19 @@ impl JobRegistry {
     pub async fn dispatch(
         &self,
         name: &str,
-        payload: &[u8],
+        payload: axum::body::Bytes,
         ctx: JobContext,
         timeout: Duration,
-    ) -> Result<serde_json::Value, DispatchError> {
+    ) -> Result<JobOutput, DispatchError> {
         let job = self
             .jobs
             .get(name)
             .ok_or_else(|| DispatchError::UnknownJob(name.to_owned()))?;
         let cancel = ctx.cancel.clone();
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let future = job.start(payload, ctx)?;
+        let future = job.start(&payload, ctx)?;
+        // Decoded: the bytes are not needed while the job runs.
+        drop(payload);
         let mut handle = tokio::spawn(future);
         let joined = tokio::select! {
             joined = tokio::time::timeout(timeout, &mut handle) => joined,

@@ -11,6 +11,7 @@
 //! redelivery after that runs the job again (at-least-once, as with any
 //! crash).
 
+use axum::body::Bytes;
 use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
@@ -24,7 +25,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    jobs::{DispatchError, JobContext, JobRegistry, RunSource},
+    jobs::{DispatchError, JobContext, JobOutput, JobRegistry, RunSource},
     pubsub::MessageMeta,
 };
 
@@ -62,8 +63,9 @@ pub struct RunRequest {
     pub idempotency_key: Option<String>,
     /// The key that makes repeats run once, if any.
     pub dedup: Option<DedupKey>,
-    /// The payload bytes the job decodes.
-    pub payload: Vec<u8>,
+    /// The payload bytes the job decodes (shared, not copied: the push path
+    /// keeps them for dead-lettering).
+    pub payload: Bytes,
 }
 
 /// How a request ended.
@@ -74,7 +76,7 @@ pub enum Outcome {
         /// The run.
         run_id: Uuid,
         /// The job's output or failure.
-        result: Result<Value, DispatchError>,
+        result: Result<JobOutput, DispatchError>,
         /// How long the job took.
         duration_ms: u64,
     },
@@ -108,30 +110,57 @@ fn capture_payload(bytes: &[u8], cap: usize) -> (Option<Value>, bool) {
     (serde_json::from_slice(bytes).ok(), false)
 }
 
-/// The output as recorded: within the cap, else left out.
-fn capture_output(output: &Value, cap: usize) -> (Option<Value>, bool) {
-    if output.to_string().len() > cap {
-        (None, true)
-    } else {
-        (Some(output.clone()), false)
+/// The output as recorded: JSON within the cap, else left out (measured
+/// without building the text: a 10 MB output must not cost another 10 MB).
+/// An error means the output cannot be serialised at all.
+fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<Value>, bool)> {
+    struct Counter {
+        len: usize,
+        cap: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.len += buf.len();
+            if self.len > self.cap {
+                // Stops the serialiser early: the answer is known.
+                return Err(std::io::Error::other("over the cap"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { len: 0, cap };
+    match output.write_json(&mut counter) {
+        Ok(()) => Ok((Some(output.to_value()?), false)),
+        Err(e) if e.is_io() => Ok((None, true)),
+        Err(e) => Err(e),
     }
 }
 
-/// The record of a finished dispatch.
+/// The record of a finished dispatch; an output that cannot be serialised
+/// turns the run into a permanent failure.
 fn finish_for(
-    result: &Result<Value, DispatchError>,
+    result: Result<JobOutput, DispatchError>,
     duration_ms: u64,
     output_cap: usize,
-) -> Finish {
+) -> (Result<JobOutput, DispatchError>, Finish) {
     let mut finish = Finish::status(RunStatus::Succeeded);
     finish.finished_at = Some(now_micros());
     finish.duration_ms = Some(duration_ms);
-    match result {
-        Ok(output) => {
-            let (output, truncated) = capture_output(output, output_cap);
-            finish.output = output;
+    let result = result.and_then(|output| match capture_output(&output, output_cap) {
+        Ok((recorded, truncated)) => {
+            finish.output = recorded;
             finish.output_truncated = truncated;
+            Ok(output)
         }
+        Err(e) => Err(DispatchError::Permanent(format!(
+            "output is not serialisable: {e}"
+        ))),
+    });
+    match &result {
+        Ok(_) => {}
         Err(e) => {
             finish.status = if e.is_permanent() {
                 RunStatus::FailedPermanent
@@ -142,7 +171,7 @@ fn finish_for(
             finish.error_kind = Some(e.kind().to_owned());
         }
     }
-    finish
+    (result, finish)
 }
 
 /// Records a run's end, trying again briefly if the store fails.
@@ -273,9 +302,9 @@ impl Runner {
         let task = tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let result = jobs.dispatch(&job, &payload, ctx, limits.job_timeout).await;
+                let result = jobs.dispatch(&job, payload, ctx, limits.job_timeout).await;
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let finish = finish_for(&result, duration_ms, limits.output_cap);
+                let (result, finish) = finish_for(result, duration_ms, limits.output_cap);
                 let recorded = finish_with_retry(&*store, run_id, finish).await;
                 (result, duration_ms, recorded)
             }
@@ -314,14 +343,41 @@ mod tests {
         assert_eq!(capture_payload(b"\xff not json", 100), (None, false));
     }
 
+    /// The cap is on the serialised length, exactly at the boundary.
+    #[test]
+    fn outputs_are_measured_without_being_serialised_whole() {
+        let value = serde_json::json!({ "m": "x".repeat(100) });
+        let len = value.to_string().len();
+        let output = JobOutput::new(value.clone());
+        assert_eq!(
+            capture_output(&output, len).ok(),
+            Some((Some(value), false))
+        );
+        assert_eq!(capture_output(&output, len - 1).ok(), Some((None, true)));
+        assert_eq!(capture_output(&output, 0).ok(), Some((None, true)));
+    }
+
+    /// An output serde_json cannot write (a map with non-string keys) makes
+    /// the run a permanent failure, recorded as such.
+    #[test]
+    fn unserialisable_outputs_fail_the_run_for_good() {
+        let output = JobOutput::new(std::collections::HashMap::from([((1, 2), 3)]));
+        let (result, f) = finish_for(Ok(output), 5, 1000);
+        assert!(
+            matches!(result, Err(DispatchError::Permanent(_))),
+            "{result:?}"
+        );
+        assert_eq!(f.status, RunStatus::FailedPermanent);
+    }
+
     #[test]
     fn failures_map_to_statuses() {
-        let f = finish_for(&Err(DispatchError::Timeout(Duration::from_secs(1))), 5, 10);
+        let (_, f) = finish_for(Err(DispatchError::Timeout(Duration::from_secs(1))), 5, 10);
         assert_eq!(f.status, RunStatus::FailedTransient);
         assert_eq!(f.error_kind.as_deref(), Some("job_timeout"));
-        let f = finish_for(&Err(DispatchError::Permanent("no".into())), 5, 10);
+        let (_, f) = finish_for(Err(DispatchError::Permanent("no".into())), 5, 10);
         assert_eq!(f.status, RunStatus::FailedPermanent);
-        let f = finish_for(&Ok(serde_json::json!("x".repeat(20))), 5, 10);
+        let (_, f) = finish_for(Ok(JobOutput::new("x".repeat(20))), 5, 10);
         assert_eq!(
             (f.status, f.output, f.output_truncated),
             (RunStatus::Succeeded, None, true)
