@@ -15,6 +15,7 @@ use std::{
 };
 
 use futures::FutureExt as _;
+use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -30,10 +31,49 @@ struct KeyClaim {
     lease_until: Instant,
 }
 
+/// A record as kept: payload and output as compact JSON text rather than
+/// `serde_json::Value` trees (a small object is then one allocation instead
+/// of a B-tree node and its strings: about half the memory of a full
+/// ledger; see `make bench`).
+#[derive(Debug)]
+struct Stored {
+    /// The record, with `payload` and `output` always `None`.
+    record: RunRecord,
+    payload: Option<Box<str>>,
+    output: Option<Box<str>>,
+}
+
+fn compact(value: Option<Value>) -> Option<Box<str>> {
+    value.map(|v| v.to_string().into_boxed_str())
+}
+
+impl Stored {
+    fn new(mut record: RunRecord) -> Self {
+        let payload = compact(record.payload.take());
+        let output = compact(record.output.take());
+        Self {
+            record,
+            payload,
+            output,
+        }
+    }
+
+    fn to_record(&self) -> RunRecord {
+        let expand = |text: &Option<Box<str>>| {
+            text.as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        };
+        let mut record = self.record.clone();
+        record.payload = expand(&self.payload);
+        record.output = expand(&self.output);
+        record
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// By run id: UUIDv7, so oldest first.
-    runs: BTreeMap<Uuid, RunRecord>,
+    runs: BTreeMap<Uuid, Stored>,
     claims: HashMap<String, KeyClaim>,
 }
 
@@ -74,12 +114,12 @@ impl MemoryStore {
                 match existing {
                     Some((holder, ClaimState::Done, _)) => Claim::Done {
                         original_run_id: holder,
-                        original: inner.runs.get(&holder).cloned().map(Box::new),
+                        original: inner.runs.get(&holder).map(|s| Box::new(s.to_record())),
                     },
                     Some((holder, ClaimState::Running, until)) if until > now => {
                         Claim::InProgress {
                             original_run_id: holder,
-                            original: inner.runs.get(&holder).cloned().map(Box::new),
+                            original: inner.runs.get(&holder).map(|s| Box::new(s.to_record())),
                         }
                     }
                     previous => {
@@ -119,7 +159,7 @@ impl MemoryStore {
                 }
             }
         }
-        inner.runs.insert(record.run_id, record);
+        inner.runs.insert(record.run_id, Stored::new(record));
         self.enforce_bounds(&mut inner);
         claim
     }
@@ -133,13 +173,14 @@ impl MemoryStore {
             let over_age = inner
                 .runs
                 .first_key_value()
-                .is_some_and(|(_, r)| r.started_at < cutoff);
+                .is_some_and(|(_, r)| r.record.started_at < cutoff);
             if !(over_count || over_age) {
                 break;
             }
             let Some((_, dropped)) = inner.runs.pop_first() else {
                 break;
             };
+            let dropped = dropped.record;
             if let Some(key) = &dropped.dedup_key {
                 let forget = inner
                     .claims
@@ -155,7 +196,7 @@ impl MemoryStore {
 
 /// Marks a running run as failed (its lease expired or it was abandoned).
 fn mark_failed(inner: &mut Inner, run_id: Uuid, why: &str) {
-    if let Some(run) = inner.runs.get_mut(&run_id)
+    if let Some(run) = inner.runs.get_mut(&run_id).map(|s| &mut s.record)
         && run.status == RunStatus::Running
     {
         run.status = RunStatus::FailedTransient;
@@ -180,7 +221,11 @@ impl RunStore for MemoryStore {
         let inner = &mut *guard;
         let found = match inner.runs.get_mut(&run_id) {
             None => false,
-            Some(run) => {
+            Some(stored) => {
+                if finish.output.is_some() {
+                    stored.output = compact(finish.output);
+                }
+                let run = &mut stored.record;
                 run.status = finish.status;
                 if finish.finished_at.is_some() {
                     run.finished_at = finish.finished_at;
@@ -193,9 +238,6 @@ impl RunStore for MemoryStore {
                 }
                 if finish.error_kind.is_some() {
                     run.error_kind = finish.error_kind;
-                }
-                if finish.output.is_some() {
-                    run.output = finish.output;
                 }
                 run.output_truncated |= finish.output_truncated;
                 let key = run.dedup_key.clone();
@@ -213,7 +255,7 @@ impl RunStore for MemoryStore {
     }
 
     fn get(&self, run_id: Uuid) -> StoreFuture<'_, Option<RunRecord>> {
-        let run = self.lock().runs.get(&run_id).cloned();
+        let run = self.lock().runs.get(&run_id).map(Stored::to_record);
         async move { Ok(run) }.boxed()
     }
 
@@ -228,10 +270,14 @@ impl RunStore for MemoryStore {
             .range((std::ops::Bound::Unbounded, upper))
             .rev()
             .map(|(_, r)| r)
-            .filter(|r| query.job.as_ref().is_none_or(|j| &r.job == j))
-            .filter(|r| query.status.is_none_or(|s| r.status == s))
-            .filter(|r| query.source.is_none_or(|s| r.source == s));
-        let runs: Vec<RunRecord> = matching.by_ref().take(query.limit).cloned().collect();
+            .filter(|r| query.job.as_ref().is_none_or(|j| &r.record.job == j))
+            .filter(|r| query.status.is_none_or(|s| r.record.status == s))
+            .filter(|r| query.source.is_none_or(|s| r.record.source == s));
+        let runs: Vec<RunRecord> = matching
+            .by_ref()
+            .take(query.limit)
+            .map(Stored::to_record)
+            .collect();
         let more = matching.next().is_some();
         drop(inner);
         let next = if more {
@@ -248,12 +294,13 @@ impl RunStore for MemoryStore {
         let abandoned: Vec<Uuid> = inner
             .runs
             .values()
+            .map(|s| &s.record)
             .filter(|r| r.status == RunStatus::Running && r.started_at < stale)
             .map(|r| r.run_id)
             .collect();
         for run_id in abandoned {
             mark_failed(&mut inner, run_id, ABANDONED);
-            if let Some(run) = inner.runs.get_mut(&run_id) {
+            if let Some(run) = inner.runs.get_mut(&run_id).map(|s| &mut s.record) {
                 run.error_kind = Some("abandoned".to_owned());
             }
         }
