@@ -19,7 +19,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::{
     Event, Subscriber,
     field::{Field, Visit},
@@ -82,34 +82,44 @@ struct CloudLogging {
     project_id: Option<String>,
 }
 
-/// Fields recorded on a span, kept in its extensions.
-struct SpanFields(Map<String, Value>);
+/// Fields recorded on a span, kept in its extensions. Field names are
+/// static, so only the values allocate.
+struct SpanFields(Vec<(&'static str, Value)>);
 
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+/// Collects fields; a later value of the same name replaces an earlier one
+/// (an event's own fields override its spans', inner spans outer ones).
+struct JsonVisitor<'a>(&'a mut Vec<(&'static str, Value)>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
 
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field.name(), Value::from(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field.name(), Value::from(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field.name(), Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field.name(), Value::from(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field.name(), Value::from(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(value.to_string()));
+        self.put(field.name(), Value::from(value.to_string()));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+        self.put(field.name(), Value::from(format!("{value:?}")));
     }
 }
 
@@ -123,7 +133,15 @@ fn severity(level: &tracing::Level) -> &'static str {
 }
 
 /// RFC 3339 UTC time with microseconds, without a date crate.
+#[cfg(test)]
 fn rfc3339(now: SystemTime) -> String {
+    let mut out = Vec::new();
+    let _ = write_rfc3339(&mut out, now);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes RFC 3339 UTC time with microseconds.
+fn write_rfc3339(out: &mut Vec<u8>, now: SystemTime) -> std::io::Result<()> {
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -137,7 +155,8 @@ fn rfc3339(now: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
+    write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem % 3600 / 60,
@@ -151,7 +170,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Map::new();
+        let mut fields = Vec::new();
         attrs.record(&mut JsonVisitor(&mut fields));
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(SpanFields(fields));
@@ -167,50 +186,96 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut line = Map::new();
-        line.insert(
-            "severity".into(),
-            Value::from(severity(event.metadata().level())),
-        );
-        line.insert("time".into(), Value::from(rfc3339(SystemTime::now())));
-        let mut fields = Map::new();
+        let mut fields = Vec::with_capacity(16);
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(span_fields) = span.extensions().get::<SpanFields>() {
-                    fields.extend(span_fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let mut visitor = JsonVisitor(&mut fields);
+                    for (k, v) in &span_fields.0 {
+                        visitor.put(k, v.clone());
+                    }
                 }
             }
         }
         event.record(&mut JsonVisitor(&mut fields));
-        let message = fields.remove("message").unwrap_or(Value::from(""));
-        line.insert("message".into(), message);
-        if let Some(Value::String(trace)) = fields.remove("trace_id") {
-            let value = match &self.project_id {
-                Some(p) => format!("projects/{p}/traces/{trace}"),
-                None => trace,
+        LINE.with(|line| {
+            // Reused per thread: a line costs no allocation of its own.
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
             };
-            line.insert("logging.googleapis.com/trace".into(), Value::from(value));
-        }
-        if let Some(span_id) = fields.remove("span_id") {
-            line.insert("logging.googleapis.com/spanId".into(), span_id);
-        }
-        let mut http = Map::new();
-        fields.retain(|k, v| match k.strip_prefix("http.") {
-            Some(name) => {
-                http.insert(name.to_owned(), v.clone());
-                false
+            line.clear();
+            if self.write_line(&mut line, event, fields).is_ok() {
+                let _ = std::io::stdout().lock().write_all(&line);
             }
-            None => true,
         });
-        if !http.is_empty() {
-            line.insert("httpRequest".into(), Value::Object(http));
+    }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl CloudLogging {
+    /// One Cloud Logging line: severity, time, message, trace, span id,
+    /// `httpRequest` (the `http.*` fields), target, then the other fields.
+    fn write_line(
+        &self,
+        out: &mut Vec<u8>,
+        event: &Event<'_>,
+        mut fields: Vec<(&'static str, Value)>,
+    ) -> std::io::Result<()> {
+        let take = |fields: &mut Vec<(&'static str, Value)>, name: &str| {
+            let at = fields.iter().position(|(k, _)| *k == name)?;
+            Some(fields.remove(at).1)
+        };
+        out.extend_from_slice(b"{\"severity\":\"");
+        out.extend_from_slice(severity(event.metadata().level()).as_bytes());
+        out.extend_from_slice(b"\",\"time\":\"");
+        write_rfc3339(out, SystemTime::now())?;
+        out.extend_from_slice(b"\",\"message\":");
+        match take(&mut fields, "message") {
+            Some(message) => serde_json::to_writer(&mut *out, &message)?,
+            None => out.extend_from_slice(b"\"\""),
         }
-        line.insert("target".into(), Value::from(event.metadata().target()));
-        line.extend(fields);
-        if let Ok(mut text) = serde_json::to_string(&line) {
-            text.push('\n');
-            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        if let Some(Value::String(trace)) = take(&mut fields, "trace_id") {
+            out.extend_from_slice(b",\"logging.googleapis.com/trace\":");
+            match &self.project_id {
+                Some(p) => {
+                    serde_json::to_writer(&mut *out, &format!("projects/{p}/traces/{trace}"))?
+                }
+                None => serde_json::to_writer(&mut *out, &trace)?,
+            }
         }
+        if let Some(span_id) = take(&mut fields, "span_id") {
+            out.extend_from_slice(b",\"logging.googleapis.com/spanId\":");
+            serde_json::to_writer(&mut *out, &span_id)?;
+        }
+        let mut http = fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("http.")?, v)))
+            .peekable();
+        if http.peek().is_some() {
+            out.extend_from_slice(b",\"httpRequest\":{");
+            for (i, (name, value)) in http.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, name)?;
+                out.push(b':');
+                serde_json::to_writer(&mut *out, value)?;
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"target\":");
+        serde_json::to_writer(&mut *out, event.metadata().target())?;
+        for (name, value) in fields.iter().filter(|(k, _)| !k.starts_with("http.")) {
+            out.push(b',');
+            serde_json::to_writer(&mut *out, name)?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value)?;
+        }
+        out.extend_from_slice(b"}\n");
+        Ok(())
     }
 }
 

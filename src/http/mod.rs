@@ -95,6 +95,15 @@ pub fn router(state: AppState) -> Router {
     app.with_state(state)
 }
 
+/// A `Content-Length` header's value, 0 when absent or malformed.
+fn content_length(headers: &axum::http::HeaderMap) -> u64 {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Wraps each request in a span carrying its trace context (so every line it
 /// logs joins its trace in Cloud Logging) and writes one request line with
 /// `httpRequest` fields when it is answered. Headers and bodies are never
@@ -110,43 +119,36 @@ async fn trace_request(
         trace_id = trace_id.as_deref(),
         span_id = span_id.as_deref(),
     );
-    let method = request.method().to_string();
+    let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let user_agent = request
         .headers()
         .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .chars()
-        .take(200)
-        .collect::<String>();
-    let request_size = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
+        .cloned();
+    let request_size = content_length(request.headers());
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let latency = format!("{:.6}s", started.elapsed().as_secs_f64());
-    let response_size = response
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
+    let response_size = content_length(response.headers());
     span.in_scope(|| {
         let quiet = matches!(path.as_str(), "/healthz" | "/readyz");
         if quiet {
             tracing::debug!(http.requestMethod = %method, http.requestUrl = %path, http.status = status, http.latency = %latency, "request");
         } else {
+            let user_agent = user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            // At most 200 characters of it (ASCII, as to_str checked).
+            let user_agent = &user_agent[..user_agent.len().min(200)];
             tracing::info!(
                 http.requestMethod = %method,
                 http.requestUrl = %path,
                 http.status = status,
                 http.latency = %latency,
-                http.userAgent = %user_agent,
+                http.userAgent = user_agent,
+                // Cloud Logging's LogEntry wants sizes as decimal strings.
                 http.requestSize = %request_size,
                 http.responseSize = %response_size,
                 "request"
