@@ -125,3 +125,15 @@ ifdef SUB
 else
 	$(CARGO) run -q --bin pushworker -- replay --target http://127.0.0.1:$(PORT) $(or $(FILE),fixtures/)
 endif
+
+# --- Performance ---------------------------------------------------------------
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+## bench: release build, then wrk against the real binary and a bare axum route
+## side by side (scenarios in benches/load.rs); writes bench/results.json.
+## Options: make bench BENCH_ARGS='--duration 20 --connections 64'
+bench:
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
+	$(CARGO) bench --bench load -- $(BENCH_ARGS)
