@@ -28,6 +28,10 @@
 //!   makes a message or `Idempotency-Key` run once, the in-memory and
 //!   PostgreSQL stores, and the runner both handlers call.
 //! - [`telemetry`] — logging setup.
+//!
+//! Outside the crate: `tests/` (integration tests against real servers),
+//! `benches/load.rs` (`make bench`), `fuzz/` (`make fuzz`, its own workspace)
+//! and `infra/` (Terraform).
 
 pub mod auth;
 pub mod cli;
