@@ -228,10 +228,8 @@ impl Worker {
     fn wait_for(&self, request: &RawRequest, want: u16, within: Duration) -> Result<Duration> {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(status) = raw_http(self.port, request) {
-                if status == want {
-                    return Ok(self.started.elapsed());
-                }
+            if raw_http(self.port, request).is_ok_and(|status| status == want) {
+                return Ok(self.started.elapsed());
             }
             ensure!(
                 Instant::now() < deadline,

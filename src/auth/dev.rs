@@ -31,8 +31,9 @@ pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
     /// Parsed once: jsonwebtoken parses (and validates) the DER on every
-    /// signature, which costs more than the signature itself.
-    pair: RsaKeyPair,
+    /// signature, which costs more than the signature itself. Boxed: it is
+    /// large, and identities are moved around by value.
+    pair: Box<RsaKeyPair>,
     pem: String,
 }
 
@@ -60,6 +61,7 @@ impl SigningKey {
         let encoding =
             EncodingKey::from_rsa_pem(pem.as_bytes()).context("not an RSA private key in PEM")?;
         let pair = RsaKeyPair::from_der(encoding.as_bytes())
+            .map(Box::new)
             .map_err(|e| anyhow::anyhow!("not a usable RSA private key: {e}"))?;
         Ok(Self {
             kid: kid.into(),
