@@ -95,13 +95,12 @@ pub fn router(state: AppState) -> Router {
     app.with_state(state)
 }
 
-/// A `Content-Length` header's value, 0 when absent or malformed.
-fn content_length(headers: &axum::http::HeaderMap) -> u64 {
+/// A `Content-Length` header's value, if present and a number.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
     headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Wraps each request in a span carrying its trace context (so every line it
@@ -125,12 +124,12 @@ async fn trace_request(
         .headers()
         .get(axum::http::header::USER_AGENT)
         .cloned();
-    let request_size = content_length(request.headers());
+    let request_size = content_length(request.headers()).unwrap_or(0);
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let latency = format!("{:.6}s", started.elapsed().as_secs_f64());
-    let response_size = content_length(response.headers());
+    let response_size = content_length(response.headers()).unwrap_or(0);
     span.in_scope(|| {
         let quiet = matches!(path.as_str(), "/healthz" | "/readyz");
         if quiet {

@@ -33,12 +33,12 @@ use axum::{
     Router,
     body::Bytes,
     extract::{FromRequest, Path, Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     routing::post,
 };
 use tracing::field::Empty;
 
-use super::{AppState, Error, jobs::payload_or_empty_object};
+use super::{AppState, Error, content_length, jobs::payload_or_empty_object};
 use crate::{
     auth::{CanTrigger, Principal},
     jobs::RunSource,
@@ -54,7 +54,6 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/pubsub/push", post(push_by_attribute))
         .route("/pubsub/push/{job}", post(push_to_job))
-        .layer(axum::extract::DefaultBodyLimit::max(pubsub::MAX_BODY_BYTES))
 }
 
 /// A push whose job is named by the message attribute (`JOB_ATTRIBUTE`).
@@ -95,11 +94,7 @@ async fn read_body(request: Request) -> Result<Bytes, Error> {
     use futures::StreamExt as _;
     let limit = pubsub::MAX_BODY_BYTES;
     let too_large = || Error::PayloadTooLarge(limit);
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = content_length(request.headers()).and_then(|n| usize::try_from(n).ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }

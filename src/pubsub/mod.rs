@@ -205,8 +205,8 @@ pub fn parse_wrapped(body: &[u8]) -> Result<PushMessage, EnvelopeError> {
 
 /// Headers that are never message attributes in an unwrapped delivery: the
 /// transport's own, and above all `authorization`, which must never reach a
-/// job or a log as an "attribute".
-fn is_transport_header(name: &str) -> bool {
+/// job or a log as an "attribute". `name` is lower case, as `HeaderName`s are.
+pub fn is_transport_header(name: &str) -> bool {
     const EXACT: [&str; 17] = [
         "authorization",
         "host",
