@@ -289,7 +289,11 @@ async fn database_outage_under_load() {
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     proxy.cut().await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Longer than the pool's 3 s acquire timeout: a push that waits for a
+    // connection through the whole cut must get its 503, whatever the timing
+    // of the queries in flight when it began (a 2 s cut passed alone and
+    // failed once under the full suite's load).
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     proxy.restore();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     running.store(false, Ordering::SeqCst);
