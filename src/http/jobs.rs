@@ -134,7 +134,9 @@ fn replay(job: &str, original_run_id: Uuid, original: Option<&RunRecord>) -> Res
 /// run. With an `Idempotency-Key` (per job and caller), a repeat answers the
 /// first run's result without running again, or 409 while it still runs; a
 /// failed run's key may run again.
-#[tracing::instrument(skip_all, fields(job = %name, principal = %principal.kind(), source, run_id))]
+///
+/// Its fields go on the request's span (see `trace_request` in
+/// [`crate::http`]): a run that succeeds logs one line, the request line.
 async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -151,7 +153,10 @@ async fn trigger(
         Principal::Google(_) => RunSource::Service,
         Principal::Clerk(_) => RunSource::Manual,
     };
-    tracing::Span::current().record("source", source.as_str());
+    let span = tracing::Span::current();
+    span.record("job", name.as_str());
+    span.record("principal", principal.kind());
+    span.record("source", source.as_str());
     let payload = payload_or_empty_object(body);
     let digest = crate::runs::digest(&payload);
     let outcome = state
@@ -211,7 +216,6 @@ async fn trigger(
     };
     match result {
         Ok(output) => {
-            tracing::info!(duration_ms, "job succeeded");
             let output = output.to_value().map_err(|e| Error::Internal(e.into()))?;
             Ok(Json(json!({
                 "run_id": run_id,

@@ -26,7 +26,9 @@ impl Job for Echo {
     type Payload = EchoPayload;
     type Output = EchoPayload;
 
-    #[tracing::instrument(name = "job.echo", skip_all, fields(run_id = %ctx.run_id))]
+    // Debug level: echo logs nothing of its own, and the request's span
+    // already carries the run id; a span per push costs for nothing.
+    #[tracing::instrument(name = "job.echo", level = "debug", skip_all, fields(run_id = %ctx.run_id))]
     async fn run(&self, payload: EchoPayload, ctx: JobContext) -> Result<EchoPayload, JobError> {
         tracing::debug!(bytes = payload.message.len(), "echo");
         Ok(payload)

@@ -9,10 +9,10 @@
 //! Adding a job is one file and one line: write `src/jobs/my_job.rs`, then add
 //! `.register(my_job::MyJob::new(..))` in [`JobRegistry::builtin`].
 //!
-//! [`JobRegistry::dispatch`] runs a job in its own task, so a panic becomes a
-//! 500 for that request and the server keeps serving; it enforces the job
-//! timeout and cancels the job's [`CancellationToken`] when the timeout fires
-//! or the request goes away.
+//! [`JobRegistry::dispatch`] catches a job's panic, so it becomes a 500 for
+//! that request and the server keeps serving; it enforces the job timeout and
+//! cancels the job's [`CancellationToken`] when the timeout fires or the
+//! runner cancels it (shutdown, or the request went away).
 
 pub mod echo;
 pub mod sleep;
@@ -361,9 +361,12 @@ impl JobRegistry {
             .collect()
     }
 
-    /// Decodes `payload` for job `name` and runs it in its own task, within
-    /// `timeout`. A panic or a timeout is an error, not a crash; dropping the
-    /// returned future (the client went away) cancels the job's token.
+    /// Decodes `payload` for job `name` and runs it within `timeout`. A
+    /// panic or a timeout is an error, not a crash. The job is polled in the
+    /// caller's task (the runner gives each run a task of its own, so that
+    /// its end is recorded even when the request goes away); cancelling
+    /// `ctx.cancel` gives a job watching it [`CANCEL_GRACE`] to stop, then
+    /// drops it.
     pub async fn dispatch(
         &self,
         name: &str,
@@ -371,39 +374,35 @@ impl JobRegistry {
         ctx: JobContext,
         timeout: Duration,
     ) -> Result<JobOutput, DispatchError> {
+        use futures::FutureExt as _;
         let job = self
             .jobs
             .get(name)
             .ok_or_else(|| DispatchError::UnknownJob(name.to_owned()))?;
         let cancel = ctx.cancel.clone();
-        let _cancel_on_drop = cancel.clone().drop_guard();
         let future = job.start(&payload, ctx)?;
         // Decoded: the bytes are not needed while the job runs.
         drop(payload);
-        let mut handle = tokio::spawn(future);
-        let joined = tokio::select! {
-            joined = tokio::time::timeout(timeout, &mut handle) => joined,
+        let mut job = std::panic::AssertUnwindSafe(future).catch_unwind();
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(timeout, &mut job) => finished,
             () = cancel.cancelled() => {
                 // Shutting down (or the caller left): a job watching its
-                // token gets a moment to stop cleanly, then it is aborted.
-                match tokio::time::timeout(CANCEL_GRACE, &mut handle).await {
-                    Ok(Ok(Ok(output))) => return Ok(output),
-                    _ => {
-                        handle.abort();
-                        return Err(DispatchError::Transient("cancelled before it finished (shutting down)".into()));
-                    }
-                }
+                // token gets a moment to stop cleanly, then it is dropped.
+                return match tokio::time::timeout(CANCEL_GRACE, job).await {
+                    Ok(Ok(Ok(output))) => Ok(output),
+                    _ => Err(DispatchError::Transient("cancelled before it finished (shutting down)".into())),
+                };
             }
         };
-        match joined {
+        match finished {
             Ok(Ok(Ok(output))) => Ok(output),
             Ok(Ok(Err(JobError::Transient(e)))) => Err(DispatchError::Transient(e)),
             Ok(Ok(Err(JobError::Permanent(e)))) => Err(DispatchError::Permanent(e)),
-            Ok(Err(join)) if join.is_panic() => Err(DispatchError::Panicked),
-            Ok(Err(_)) => Err(DispatchError::Transient("job was cancelled".into())),
+            Ok(Err(_panic)) => Err(DispatchError::Panicked),
             Err(_) => {
+                // Tells a job that spawned work of its own to stop it.
                 cancel.cancel();
-                handle.abort();
                 Err(DispatchError::Timeout(timeout))
             }
         }

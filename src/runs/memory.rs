@@ -9,20 +9,20 @@
 //! do not see each other's keys: that is what [`super::postgres`] is for.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard, PoisonError},
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Instant,
 };
 
 use futures::FutureExt as _;
-use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ABANDONED, Claim, ClaimState, Finish, LEASE_EXPIRED, NewRun, RunPage, RunQuery, RunRecord,
-    RunStatus, RunStore, StoreFuture, StoreSettings, now_micros,
+    ABANDONED, Claim, ClaimState, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
+    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings, now_micros,
 };
+use crate::jobs::RunSource;
 
 #[derive(Debug)]
 struct KeyClaim {
@@ -31,42 +31,121 @@ struct KeyClaim {
     lease_until: Instant,
 }
 
-/// A record as kept: payload and output as compact JSON text rather than
-/// `serde_json::Value` trees (a small object is then one allocation instead
-/// of a B-tree node and its strings: about half the memory of a full
-/// ledger; see `make bench`).
+/// A record as kept, about 500 bytes all told (`make bench` fills the
+/// default 10,000 with pushes): payload and output as their JSON text, the
+/// digest as its 32 bytes, the dedup key shared with the claim that holds
+/// it, and the job, principal and subscription (the same few over and over)
+/// shared between records. [`RunRecord`]s are built only for readers.
 #[derive(Debug)]
 struct Stored {
-    /// The record, with `payload` and `output` always `None`.
-    record: RunRecord,
-    payload: Option<Box<str>>,
-    output: Option<Box<str>>,
-}
-
-fn compact(value: Option<Value>) -> Option<Box<str>> {
-    value.map(|v| v.to_string().into_boxed_str())
+    job: Arc<str>,
+    source: RunSource,
+    status: RunStatus,
+    attempt: u32,
+    payload_truncated: bool,
+    output_truncated: bool,
+    principal: Arc<RunPrincipal>,
+    subscription: Option<Arc<str>>,
+    message_id: Option<Box<str>>,
+    idempotency_key: Option<Box<str>>,
+    dedup_key: Option<Arc<str>>,
+    payload_digest: PayloadDigest,
+    payload: Option<JsonText>,
+    output: Option<JsonText>,
+    started_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+    duration_ms: Option<u64>,
+    error: Option<Box<str>>,
+    error_kind: Option<Box<str>>,
+    duplicate_of: Option<Uuid>,
 }
 
 impl Stored {
-    fn new(mut record: RunRecord) -> Self {
-        let payload = compact(record.payload.take());
-        let output = compact(record.output.take());
+    fn new(record: RunRecord, dedup_key: Option<Arc<str>>, shared: &mut Shared) -> Self {
         Self {
-            record,
-            payload,
-            output,
+            job: shared.text(record.job),
+            source: record.source,
+            status: record.status,
+            attempt: record.attempt,
+            payload_truncated: record.payload_truncated,
+            output_truncated: record.output_truncated,
+            principal: shared.principal(record.principal),
+            subscription: record.subscription.map(|s| shared.text(s)),
+            message_id: record.message_id.map(String::into_boxed_str),
+            idempotency_key: record.idempotency_key.map(String::into_boxed_str),
+            dedup_key,
+            payload_digest: record.payload_digest,
+            payload: record.payload,
+            output: record.output,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            duration_ms: record.duration_ms,
+            error: record.error.map(String::into_boxed_str),
+            error_kind: record.error_kind.map(String::into_boxed_str),
+            duplicate_of: record.duplicate_of,
         }
     }
 
-    fn to_record(&self) -> RunRecord {
-        let expand = |text: &Option<Box<str>>| {
-            text.as_deref()
-                .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        };
-        let mut record = self.record.clone();
-        record.payload = expand(&self.payload);
-        record.output = expand(&self.output);
-        record
+    fn to_record(&self, run_id: Uuid) -> RunRecord {
+        let text = |t: &Option<Box<str>>| t.as_deref().map(str::to_owned);
+        RunRecord {
+            run_id,
+            job: self.job.to_string(),
+            source: self.source,
+            principal: RunPrincipal::clone(&self.principal),
+            message_id: text(&self.message_id),
+            subscription: self.subscription.as_deref().map(str::to_owned),
+            idempotency_key: text(&self.idempotency_key),
+            attempt: self.attempt,
+            payload_digest: self.payload_digest,
+            payload: self.payload.clone(),
+            payload_truncated: self.payload_truncated,
+            status: self.status,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_ms: self.duration_ms,
+            error: text(&self.error),
+            error_kind: text(&self.error_kind),
+            output: self.output.clone(),
+            output_truncated: self.output_truncated,
+            duplicate_of: self.duplicate_of,
+            dedup_key: self.dedup_key.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// Texts and principals that recur from record to record, kept once. At
+/// most [`Shared::MAX`] of each: past that (many distinct users, say) new
+/// ones are simply not shared.
+#[derive(Debug, Default)]
+struct Shared {
+    texts: HashSet<Arc<str>>,
+    principals: HashSet<Arc<RunPrincipal>>,
+}
+
+impl Shared {
+    const MAX: usize = 4096;
+
+    fn text(&mut self, text: String) -> Arc<str> {
+        if let Some(known) = self.texts.get(text.as_str()) {
+            return Arc::clone(known);
+        }
+        let text: Arc<str> = text.into();
+        if self.texts.len() < Self::MAX {
+            self.texts.insert(Arc::clone(&text));
+        }
+        text
+    }
+
+    fn principal(&mut self, principal: RunPrincipal) -> Arc<RunPrincipal> {
+        if let Some(known) = self.principals.get(&principal) {
+            return Arc::clone(known);
+        }
+        let principal = Arc::new(principal);
+        if self.principals.len() < Self::MAX {
+            self.principals.insert(Arc::clone(&principal));
+        }
+        principal
     }
 }
 
@@ -74,7 +153,8 @@ impl Stored {
 struct Inner {
     /// By run id: UUIDv7, so oldest first.
     runs: BTreeMap<Uuid, Stored>,
-    claims: HashMap<String, KeyClaim>,
+    claims: HashMap<Arc<str>, KeyClaim>,
+    shared: Shared,
 }
 
 /// Runs and keys in this process's memory.
@@ -103,23 +183,30 @@ impl MemoryStore {
         let now = Instant::now();
         let mut inner = self.lock();
         let mut record = new.record;
-        record.dedup_key = new.dedup.as_ref().map(|k| k.as_str().to_owned());
-        let claim = match new.dedup {
+        // One copy of the key, shared by the claim and the record.
+        let dedup_key: Option<Arc<str>> = new.dedup.map(|k| k.as_str().into());
+        let claim = match &dedup_key {
             None => Claim::Started,
             Some(key) => {
                 let existing = inner
                     .claims
-                    .get(key.as_str())
+                    .get(key)
                     .map(|c| (c.run_id, c.state, c.lease_until));
                 match existing {
                     Some((holder, ClaimState::Done, _)) => Claim::Done {
                         original_run_id: holder,
-                        original: inner.runs.get(&holder).map(|s| Box::new(s.to_record())),
+                        original: inner
+                            .runs
+                            .get(&holder)
+                            .map(|s| Box::new(s.to_record(holder))),
                     },
                     Some((holder, ClaimState::Running, until)) if until > now => {
                         Claim::InProgress {
                             original_run_id: holder,
-                            original: inner.runs.get(&holder).map(|s| Box::new(s.to_record())),
+                            original: inner
+                                .runs
+                                .get(&holder)
+                                .map(|s| Box::new(s.to_record(holder))),
                         }
                     }
                     previous => {
@@ -127,7 +214,7 @@ impl MemoryStore {
                             mark_failed(&mut inner, holder, LEASE_EXPIRED);
                         }
                         inner.claims.insert(
-                            key.as_str().to_owned(),
+                            Arc::clone(key),
                             KeyClaim {
                                 run_id: record.run_id,
                                 state: ClaimState::Running,
@@ -159,7 +246,9 @@ impl MemoryStore {
                 }
             }
         }
-        inner.runs.insert(record.run_id, Stored::new(record));
+        let run_id = record.run_id;
+        let stored = Stored::new(record, dedup_key, &mut inner.shared);
+        inner.runs.insert(run_id, stored);
         self.enforce_bounds(&mut inner);
         claim
     }
@@ -173,19 +262,18 @@ impl MemoryStore {
             let over_age = inner
                 .runs
                 .first_key_value()
-                .is_some_and(|(_, r)| r.record.started_at < cutoff);
+                .is_some_and(|(_, r)| r.started_at < cutoff);
             if !(over_count || over_age) {
                 break;
             }
-            let Some((_, dropped)) = inner.runs.pop_first() else {
+            let Some((run_id, dropped)) = inner.runs.pop_first() else {
                 break;
             };
-            let dropped = dropped.record;
             if let Some(key) = &dropped.dedup_key {
                 let forget = inner
                     .claims
                     .get(key)
-                    .is_some_and(|c| c.run_id == dropped.run_id && c.state != ClaimState::Running);
+                    .is_some_and(|c| c.run_id == run_id && c.state != ClaimState::Running);
                 if forget {
                     inner.claims.remove(key);
                 }
@@ -196,12 +284,12 @@ impl MemoryStore {
 
 /// Marks a running run as failed (its lease expired or it was abandoned).
 fn mark_failed(inner: &mut Inner, run_id: Uuid, why: &str) {
-    if let Some(run) = inner.runs.get_mut(&run_id).map(|s| &mut s.record)
+    if let Some(run) = inner.runs.get_mut(&run_id)
         && run.status == RunStatus::Running
     {
         run.status = RunStatus::FailedTransient;
-        run.error = Some(why.to_owned());
-        run.error_kind = Some("lease_expired".to_owned());
+        run.error = Some(why.into());
+        run.error_kind = Some("lease_expired".into());
         run.finished_at = Some(now_micros());
     }
 }
@@ -221,11 +309,10 @@ impl RunStore for MemoryStore {
         let inner = &mut *guard;
         let found = match inner.runs.get_mut(&run_id) {
             None => false,
-            Some(stored) => {
+            Some(run) => {
                 if finish.output.is_some() {
-                    stored.output = compact(finish.output);
+                    run.output = finish.output;
                 }
-                let run = &mut stored.record;
                 run.status = finish.status;
                 if finish.finished_at.is_some() {
                     run.finished_at = finish.finished_at;
@@ -233,16 +320,15 @@ impl RunStore for MemoryStore {
                 if finish.duration_ms.is_some() {
                     run.duration_ms = finish.duration_ms;
                 }
-                if finish.error.is_some() {
-                    run.error = finish.error;
+                if let Some(error) = finish.error {
+                    run.error = Some(error.into_boxed_str());
                 }
-                if finish.error_kind.is_some() {
-                    run.error_kind = finish.error_kind;
+                if let Some(kind) = finish.error_kind {
+                    run.error_kind = Some(kind.into_boxed_str());
                 }
                 run.output_truncated |= finish.output_truncated;
-                let key = run.dedup_key.clone();
-                if let (Some(key), Some(state)) = (key, finish.status.claim_state())
-                    && let Some(claim) = inner.claims.get_mut(&key)
+                if let (Some(key), Some(state)) = (&run.dedup_key, finish.status.claim_state())
+                    && let Some(claim) = inner.claims.get_mut(key)
                     && claim.run_id == run_id
                 {
                     claim.state = state;
@@ -255,7 +341,7 @@ impl RunStore for MemoryStore {
     }
 
     fn get(&self, run_id: Uuid) -> StoreFuture<'_, Option<RunRecord>> {
-        let run = self.lock().runs.get(&run_id).map(Stored::to_record);
+        let run = self.lock().runs.get(&run_id).map(|s| s.to_record(run_id));
         async move { Ok(run) }.boxed()
     }
 
@@ -269,14 +355,13 @@ impl RunStore for MemoryStore {
             .runs
             .range((std::ops::Bound::Unbounded, upper))
             .rev()
-            .map(|(_, r)| r)
-            .filter(|r| query.job.as_ref().is_none_or(|j| &r.record.job == j))
-            .filter(|r| query.status.is_none_or(|s| r.record.status == s))
-            .filter(|r| query.source.is_none_or(|s| r.record.source == s));
+            .filter(|(_, r)| query.job.as_deref().is_none_or(|j| &*r.job == j))
+            .filter(|(_, r)| query.status.is_none_or(|s| r.status == s))
+            .filter(|(_, r)| query.source.is_none_or(|s| r.source == s));
         let runs: Vec<RunRecord> = matching
             .by_ref()
             .take(query.limit)
-            .map(Stored::to_record)
+            .map(|(id, r)| r.to_record(*id))
             .collect();
         let more = matching.next().is_some();
         drop(inner);
@@ -293,15 +378,14 @@ impl RunStore for MemoryStore {
         let stale = OffsetDateTime::now_utc() - self.settings.lease;
         let abandoned: Vec<Uuid> = inner
             .runs
-            .values()
-            .map(|s| &s.record)
-            .filter(|r| r.status == RunStatus::Running && r.started_at < stale)
-            .map(|r| r.run_id)
+            .iter()
+            .filter(|(_, r)| r.status == RunStatus::Running && r.started_at < stale)
+            .map(|(id, _)| *id)
             .collect();
         for run_id in abandoned {
             mark_failed(&mut inner, run_id, ABANDONED);
-            if let Some(run) = inner.runs.get_mut(&run_id).map(|s| &mut s.record) {
-                run.error_kind = Some("abandoned".to_owned());
+            if let Some(run) = inner.runs.get_mut(&run_id) {
+                run.error_kind = Some("abandoned".into());
             }
         }
         let before = inner.runs.len();

@@ -36,7 +36,7 @@ use std::{fmt, time::Duration};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -131,7 +131,7 @@ impl ClaimState {
 }
 
 /// Who asked for a run, as recorded: a kind and an id, never a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RunPrincipal {
     /// `google` or `clerk`.
     pub kind: String,
@@ -197,9 +197,9 @@ pub struct RunRecord {
     /// Delivery attempt (1 on the first).
     pub attempt: u32,
     /// `sha256:<hex>` of the payload bytes, whatever their size.
-    pub payload_digest: String,
+    pub payload_digest: PayloadDigest,
     /// The payload, when it is JSON and within `RUN_PAYLOAD_CAP_BYTES`.
-    pub payload: Option<Value>,
+    pub payload: Option<JsonText>,
     /// Whether the payload was left out for its size.
     pub payload_truncated: bool,
     /// Where the run stands.
@@ -218,7 +218,7 @@ pub struct RunRecord {
     /// `invalid_payload`, `run_in_progress`, …).
     pub error_kind: Option<String>,
     /// The job's output, when within `RUN_OUTPUT_CAP_BYTES`.
-    pub output: Option<Value>,
+    pub output: Option<JsonText>,
     /// Whether the output was left out for its size.
     pub output_truncated: bool,
     /// On a `duplicate`: the run that held the key.
@@ -280,7 +280,7 @@ pub struct Finish {
     /// The failure's kind.
     pub error_kind: Option<String>,
     /// The output (already capped).
-    pub output: Option<Value>,
+    pub output: Option<JsonText>,
     /// Whether the output was left out for its size.
     pub output_truncated: bool,
 }
@@ -380,16 +380,102 @@ pub const ABANDONED: &str =
     "still running past the lease: its instance stopped before recording an end";
 
 /// `sha256:<hex>` of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
+pub fn digest(bytes: &[u8]) -> PayloadDigest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for &b in d.as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    PayloadDigest(out)
+}
+
+/// The SHA-256 of a payload: 32 bytes in memory, `sha256:<hex>` in the API
+/// and in PostgreSQL.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PayloadDigest([u8; 32]);
+
+impl PayloadDigest {
+    /// Reads `sha256:<64 lowercase or uppercase hex digits>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("sha256:")?.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(Self(out))
     }
-    out
+}
+
+impl fmt::Display for PayloadDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 7 + 64];
+        text[..7].copy_from_slice(b"sha256:");
+        for (i, &b) in self.0.iter().enumerate() {
+            text[7 + 2 * i] = HEX[usize::from(b >> 4)];
+            text[8 + 2 * i] = HEX[usize::from(b & 0x0f)];
+        }
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for PayloadDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for PayloadDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A JSON value kept as its text, checked once when it is made: a recorded
+/// payload or output costs one allocation of its own length, and is written
+/// out (API, PostgreSQL) without being parsed or built again.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl JsonText {
+    /// The bytes, if they are one JSON value (surrounding whitespace aside).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok().map(Self)
+    }
+
+    /// The JSON text of `value`.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// Text known to be JSON (serde_json wrote it); checked all the same.
+    pub fn from_text(text: String) -> serde_json::Result<Self> {
+        RawValue::from_string(text).map(Self)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+/// Same text, same value (texts are compared as written).
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// `now`, at the microsecond precision PostgreSQL keeps, so both stores
@@ -447,8 +533,11 @@ mod tests {
 
     #[test]
     fn digest_is_sha256_hex() {
+        let text = digest(b"abc").to_string();
+        assert_eq!(PayloadDigest::parse(&text), Some(digest(b"abc")));
+        assert_eq!(PayloadDigest::parse(&text[1..]), None);
         assert_eq!(
-            digest(b"abc"),
+            text,
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

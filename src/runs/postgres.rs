@@ -21,7 +21,6 @@ use std::{str::FromStr as _, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use futures::FutureExt as _;
-use serde_json::Value;
 use sqlx::{
     Postgres, QueryBuilder, Row as _,
     postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow},
@@ -29,8 +28,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ABANDONED, Claim, Finish, LEASE_EXPIRED, NewRun, RunPage, RunPrincipal, RunQuery, RunRecord,
-    RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
+    ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
+    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
 };
 use crate::jobs::RunSource;
 
@@ -114,8 +113,8 @@ fn clean_opt(text: Option<&str>) -> Option<String> {
     text.map(clean)
 }
 
-fn json_text(value: Option<&Value>) -> Option<String> {
-    value.map(Value::to_string)
+fn json_text(value: Option<&JsonText>) -> Option<&str> {
+    value.map(JsonText::as_str)
 }
 
 fn millis(d: Option<u64>) -> Option<i64> {
@@ -130,8 +129,8 @@ fn from_row(row: &PgRow) -> Result<RunRecord, StoreError> {
     let output: Option<String> = row.try_get("output").map_err(bad)?;
     let attempt: i32 = row.try_get("attempt").map_err(bad)?;
     let duration_ms: Option<i64> = row.try_get("duration_ms").map_err(bad)?;
-    let parse_json = |text: Option<String>| -> Result<Option<Value>, StoreError> {
-        text.map(|t| serde_json::from_str(&t))
+    let parse_json = |text: Option<String>| -> Result<Option<JsonText>, StoreError> {
+        text.map(JsonText::from_text)
             .transpose()
             .map_err(|e| StoreError::Unavailable(anyhow!(e).context("a run's JSON column")))
     };
@@ -148,7 +147,14 @@ fn from_row(row: &PgRow) -> Result<RunRecord, StoreError> {
         subscription: row.try_get("subscription").map_err(bad)?,
         idempotency_key: row.try_get("idempotency_key").map_err(bad)?,
         attempt: u32::try_from(attempt).unwrap_or(0),
-        payload_digest: row.try_get("payload_digest").map_err(bad)?,
+        payload_digest: {
+            let text: String = row.try_get("payload_digest").map_err(bad)?;
+            PayloadDigest::parse(&text).ok_or_else(|| {
+                StoreError::Unavailable(anyhow!(
+                    "a run's payload_digest `{text}` is not sha256:<hex>"
+                ))
+            })?
+        },
         payload: parse_json(payload)?,
         payload_truncated: row.try_get("payload_truncated").map_err(bad)?,
         status: RunStatus::parse(&status)
@@ -178,7 +184,7 @@ async fn insert_run(conn: &mut sqlx::PgConnection, r: &RunRecord) -> Result<(), 
         .bind(clean_opt(r.dedup_key.as_deref()))
         .bind(r.duplicate_of)
         .bind(i32::try_from(r.attempt).unwrap_or(i32::MAX))
-        .bind(&r.payload_digest)
+        .bind(r.payload_digest.to_string())
         .bind(json_text(r.payload.as_ref()))
         .bind(r.payload_truncated)
         .bind(r.status.as_str())

@@ -14,14 +14,13 @@
 use axum::body::Bytes;
 use std::{sync::Arc, time::Duration};
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{
-    Claim, DedupKey, Finish, NewRun, RunPrincipal, RunRecord, RunStatus, RunStore, StoreError,
-    digest, now_micros, truncate,
+    Claim, DedupKey, Finish, JsonText, NewRun, RunPrincipal, RunRecord, RunStatus, RunStore,
+    StoreError, digest, now_micros, truncate,
 };
 use crate::{
     auth::Principal,
@@ -103,37 +102,43 @@ pub enum Outcome {
 }
 
 /// The payload as recorded: JSON within the cap, else left out.
-fn capture_payload(bytes: &[u8], cap: usize) -> (Option<Value>, bool) {
+fn capture_payload(bytes: &[u8], cap: usize) -> (Option<JsonText>, bool) {
     if bytes.len() > cap {
         return (None, true);
     }
-    (serde_json::from_slice(bytes).ok(), false)
+    (JsonText::parse(bytes), false)
 }
 
-/// The output as recorded: JSON within the cap, else left out (measured
-/// without building the text: a 10 MB output must not cost another 10 MB).
-/// An error means the output cannot be serialised at all.
-fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<Value>, bool)> {
-    struct Counter {
-        len: usize,
+/// The output as recorded: JSON within the cap, else left out (written into
+/// a buffer that stops at the cap: a 10 MB output must not cost another
+/// 10 MB). An error means the output cannot be serialised at all.
+fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<JsonText>, bool)> {
+    struct Capped {
+        text: Vec<u8>,
         cap: usize,
     }
-    impl std::io::Write for Counter {
+    impl std::io::Write for Capped {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.len += buf.len();
-            if self.len > self.cap {
+            if self.text.len() + buf.len() > self.cap {
                 // Stops the serialiser early: the answer is known.
                 return Err(std::io::Error::other("over the cap"));
             }
+            self.text.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let mut counter = Counter { len: 0, cap };
-    match output.write_json(&mut counter) {
-        Ok(()) => Ok((Some(output.to_value()?), false)),
+    let mut capped = Capped {
+        text: Vec::new(),
+        cap,
+    };
+    match output.write_json(&mut capped) {
+        Ok(()) => {
+            let text = String::from_utf8(capped.text).map_err(serde::ser::Error::custom)?;
+            Ok((Some(JsonText::from_text(text)?), false))
+        }
         Err(e) if e.is_io() => Ok((None, true)),
         Err(e) => Err(e),
     }
@@ -336,8 +341,8 @@ mod tests {
     #[test]
     fn payloads_over_the_cap_are_left_out_but_flagged() {
         assert_eq!(
-            capture_payload(br#"{"a":1}"#, 100),
-            (Some(serde_json::json!({"a": 1})), false)
+            capture_payload(br#" {"a":1}"#, 100),
+            (JsonText::parse(br#"{"a":1}"#), false)
         );
         assert_eq!(capture_payload(br#"{"a":1}"#, 3), (None, true));
         assert_eq!(capture_payload(b"\xff not json", 100), (None, false));
@@ -351,7 +356,7 @@ mod tests {
         let output = JobOutput::new(value.clone());
         assert_eq!(
             capture_output(&output, len).ok(),
-            Some((Some(value), false))
+            Some((JsonText::of(&value).ok(), false))
         );
         assert_eq!(capture_output(&output, len - 1).ok(), Some((None, true)));
         assert_eq!(capture_output(&output, 0).ok(), Some((None, true)));

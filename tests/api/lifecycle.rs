@@ -151,7 +151,8 @@ async fn sigterm_lets_short_jobs_finish_and_nacks_the_rest() {
 /// JSON logs: every line is a JSON object with `severity` and `message`; a
 /// run's lines carry job, message id, attempt, run id and principal kind and
 /// the trace of its request, from `traceparent` and from
-/// `X-Cloud-Trace-Context`; the request line has `httpRequest`; and no token
+/// `X-Cloud-Trace-Context`; the request line has `httpRequest` and, for a
+/// push, is the run's one line (job, message id, run id); and no token
 /// (valid or hostile) appears anywhere in the output.
 #[tokio::test]
 async fn json_logs_follow_cloud_logging_and_never_hold_a_token() {
@@ -259,7 +260,7 @@ async fn json_logs_follow_cloud_logging_and_never_hold_a_token() {
     let run_line = |id: &str| {
         lines
             .iter()
-            .find(|l| l["message_id"] == id && l["message"] == "push done (acked)")
+            .find(|l| l["message_id"] == id && l["message"] == "request")
             .unwrap_or_else(|| panic!("no run line for {id}:\n{out}"))
             .clone()
     };
@@ -273,6 +274,7 @@ async fn json_logs_follow_cloud_logging_and_never_hold_a_token() {
         assert!(!w3c[field].is_null(), "run lines carry {field}: {w3c}");
     }
     assert_eq!(w3c["job"], "echo");
+    assert_eq!(w3c["httpRequest"]["status"], 204, "{w3c}");
     assert_eq!(w3c["principal"], "google");
     let gcp = run_line("m-gcp");
     assert_eq!(
