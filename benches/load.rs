@@ -258,6 +258,23 @@ fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// User + system CPU time of a process, from /proc/PID/stat (fields 14 and
+/// 15, in USER_HZ ticks, which Linux fixes at 100 per second).
+fn proc_cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from its `)`.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("/proc/{pid}/stat is short"))?
+            .parse::<f64>()?)
+    };
+    // After `)`: field 3 is at index 0, so utime (14) is 11, stime (15) 12.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -401,6 +418,10 @@ struct WrkRun {
     latency_us: Latency,
     wraps: u64,
     statuses: std::collections::BTreeMap<String, u64>,
+    /// CPU seconds the server process used during the run (set by
+    /// `measured`): the worker, or this process for the baseline.
+    #[serde(skip)]
+    server_cpu_secs: f64,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -424,6 +445,12 @@ struct Latency {
 impl WrkRun {
     fn rps(&self) -> f64 {
         self.requests as f64 / (self.duration_us as f64 / 1e6)
+    }
+
+    /// Server CPU per request, in microseconds: what the ratio to the
+    /// baseline is made of, without the load generator's share of the cores.
+    fn cpu_us_per_request(&self) -> f64 {
+        self.server_cpu_secs * 1e6 / self.requests.max(1) as f64
     }
 
     fn socket_errors(&self) -> u64 {
@@ -626,10 +653,16 @@ impl Bench {
                 max
             })
         });
+        // The baseline is served by this process (the key server idles).
+        let server = worker.map_or(std::process::id(), |w| w.child.id());
+        let cpu_before = proc_cpu_secs(server)?;
         let run = self.wrk(load, self.opts.duration);
+        let cpu_after = proc_cpu_secs(server)?;
         stop.store(true, Ordering::SeqCst);
         let rss = sampler.map(|s| s.join().unwrap_or(0)).unwrap_or_default();
-        Ok((run?, rss))
+        let mut run = run?;
+        run.server_cpu_secs = cpu_after - cpu_before;
+        Ok((run, rss))
     }
 
     fn push_template(&self, data: &[u8]) -> Result<PathBuf> {
@@ -1111,32 +1144,36 @@ impl Report<'_> {
 
     fn print(&self) {
         let o = self.opts;
-        println!("\n| scenario | req/s | p50 ms | p99 ms | × baseline | key fetches | notes |");
-        println!("|---|---:|---:|---:|---:|---:|---|");
+        println!(
+            "\n| scenario | req/s | p50 ms | p99 ms | × baseline | server CPU µs/req | key fetches | notes |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---|");
         for (i, b) in self.baseline.iter().enumerate() {
             println!(
-                "| baseline ({}) | {:.0} | {:.2} | {:.2} | 1.00 | – | bare axum route, 204 |",
+                "| baseline ({}) | {:.0} | {:.2} | {:.2} | 1.00 | {:.1} | – | bare axum route, 204 |",
                 if i == 0 { "before" } else { "after" },
                 b.rps(),
                 b.latency_us.p50 as f64 / 1e3,
                 b.latency_us.p99 as f64 / 1e3,
+                b.cpu_us_per_request(),
             );
         }
         for s in &self.scenarios {
             println!(
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
                 s.name,
                 s.run.rps(),
                 s.run.latency_us.p50 as f64 / 1e3,
                 s.run.latency_us.p99 as f64 / 1e3,
                 self.ratio(s),
+                s.run.cpu_us_per_request(),
                 s.key_fetches,
                 s.note
             );
         }
         let l = &self.large;
         println!(
-            "| 5 one 10 MB message | – | – | – | – | 0 | acked in {:.0} ms; RSS {:.1} MB idle → peak {:.1} MB ({:.2}× the message), {:.1} MB after |",
+            "| 5 one 10 MB message | – | – | – | – | – | 0 | acked in {:.0} ms; RSS {:.1} MB idle → peak {:.1} MB ({:.2}× the message), {:.1} MB after |",
             l.ack_ms,
             mb(l.idle_kib),
             mb(l.peak_kib),
@@ -1181,6 +1218,7 @@ impl Report<'_> {
                 "max_ms": r.latency_us.max as f64 / 1e3,
                 "mean_ms": round(r.latency_us.mean / 1e3, 3),
                 "non_2xx": r.errors.status,
+                "server_cpu_us_per_request": round(r.cpu_us_per_request(), 1),
             })
         };
         let scenarios: Vec<Value> = self

@@ -25,17 +25,47 @@ use tracing::{
     field::{Field, Visit},
     span::{Attributes, Id, Record},
 };
-use tracing_subscriber::{EnvFilter, Layer, fmt, layer::Context, prelude::*, registry::LookupSpan};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{LevelFilter, Targets},
+    fmt,
+    layer::Context,
+    prelude::*,
+    registry::LookupSpan,
+};
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Call once, from `main`.
+///
+/// `RUST_LOG` of levels and targets (`info`, `warn,pushworker=debug`), the
+/// usual case, is read as a static [`Targets`] filter; only a spec that needs
+/// more (span or field directives) gets an [`EnvFilter`], which costs on
+/// every entry into a span, i.e. on every poll of every request.
 pub fn init(format: LogFormat, project_id: Option<String>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (targets, env_filter) = filter(&spec);
+    let registry = tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter);
     match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
         LogFormat::Json => registry.with(CloudLogging { project_id }).init(),
+    }
+}
+
+/// The filter for a `RUST_LOG` spec: `info` when it is empty or unreadable.
+fn filter(spec: &str) -> (Option<Targets>, Option<EnvFilter>) {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return (Some(Targets::new().with_default(LevelFilter::INFO)), None);
+    }
+    if let Ok(targets) = spec.parse::<Targets>() {
+        return (Some(targets), None);
+    }
+    match EnvFilter::try_new(spec) {
+        Ok(env) => (None, Some(env)),
+        Err(_) => (Some(Targets::new().with_default(LevelFilter::INFO)), None),
     }
 }
 
@@ -186,18 +216,28 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Vec::with_capacity(16);
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(span_fields) = span.extensions().get::<SpanFields>() {
-                    let mut visitor = JsonVisitor(&mut fields);
-                    for (k, v) in &span_fields.0 {
-                        visitor.put(k, v.clone());
-                    }
-                }
+        // The spans' fields are borrowed, not copied, while the line is
+        // written: their extensions stay locked for that long.
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+        let mut own = Vec::with_capacity(8);
+        event.record(&mut JsonVisitor(&mut own));
+        let mut fields: Vec<(&'static str, &Value)> = Vec::with_capacity(24);
+        let span_fields = extensions
+            .iter()
+            .filter_map(|e| e.get::<SpanFields>())
+            .flat_map(|f| f.0.iter());
+        // A later value of a name replaces an earlier one: inner spans
+        // outer ones, the event's own fields its spans'.
+        for (name, value) in span_fields.chain(own.iter()) {
+            match fields.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => slot.1 = value,
+                None => fields.push((name, value)),
             }
         }
-        event.record(&mut JsonVisitor(&mut fields));
         LINE.with(|line| {
             // Reused per thread: a line costs no allocation of its own.
             let Ok(mut line) = line.try_borrow_mut() else {
@@ -222,19 +262,19 @@ impl CloudLogging {
         &self,
         out: &mut Vec<u8>,
         event: &Event<'_>,
-        mut fields: Vec<(&'static str, Value)>,
+        mut fields: Vec<(&'static str, &Value)>,
     ) -> std::io::Result<()> {
-        let take = |fields: &mut Vec<(&'static str, Value)>, name: &str| {
+        fn take<'v>(fields: &mut Vec<(&'static str, &'v Value)>, name: &str) -> Option<&'v Value> {
             let at = fields.iter().position(|(k, _)| *k == name)?;
             Some(fields.remove(at).1)
-        };
+        }
         out.extend_from_slice(b"{\"severity\":\"");
         out.extend_from_slice(severity(event.metadata().level()).as_bytes());
         out.extend_from_slice(b"\",\"time\":\"");
         write_rfc3339(out, SystemTime::now())?;
         out.extend_from_slice(b"\",\"message\":");
         match take(&mut fields, "message") {
-            Some(message) => serde_json::to_writer(&mut *out, &message)?,
+            Some(message) => serde_json::to_writer(&mut *out, message)?,
             None => out.extend_from_slice(b"\"\""),
         }
         if let Some(Value::String(trace)) = take(&mut fields, "trace_id") {
@@ -248,7 +288,7 @@ impl CloudLogging {
         }
         if let Some(span_id) = take(&mut fields, "span_id") {
             out.extend_from_slice(b",\"logging.googleapis.com/spanId\":");
-            serde_json::to_writer(&mut *out, &span_id)?;
+            serde_json::to_writer(&mut *out, span_id)?;
         }
         let mut http = fields
             .iter()
@@ -316,6 +356,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("traceparent", "garbage".parse().unwrap());
         assert_eq!(trace_context(&h), (None, None));
+    }
+
+    /// Levels and targets get the static filter; span directives need
+    /// EnvFilter; nothing, or nonsense, is `info`.
+    #[test]
+    fn rust_log_picks_the_cheapest_filter_that_reads_it() {
+        let is_targets = |spec: &str| matches!(filter(spec), (Some(_), None));
+        assert!(is_targets(""));
+        assert!(is_targets("warn"));
+        assert!(is_targets("info,pushworker=debug,hyper=warn"));
+        assert!(matches!(
+            filter("[request{job=echo}]=debug"),
+            (None, Some(_))
+        ));
+        let (targets, env) = filter("pushworker=notalevel[");
+        assert!(env.is_none());
+        let targets = targets.unwrap();
+        assert!(targets.would_enable("pushworker", &tracing::Level::INFO));
+        assert!(!targets.would_enable("pushworker", &tracing::Level::DEBUG));
     }
 
     #[test]

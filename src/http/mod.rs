@@ -147,7 +147,13 @@ async fn trace_request(
     span.in_scope(|| {
         let quiet = matches!(path.as_str(), "/healthz" | "/readyz");
         if quiet {
-            tracing::debug!(http.requestMethod = %method, http.requestUrl = %path, http.status = status, http.latency = %latency, "request");
+            tracing::debug!(
+                http.requestMethod = method.as_str(),
+                http.requestUrl = path.as_str(),
+                http.status = status,
+                http.latency = latency.as_str(),
+                "request"
+            );
         } else {
             let user_agent = user_agent
                 .as_ref()
@@ -156,10 +162,10 @@ async fn trace_request(
             // At most 200 characters of it (ASCII, as to_str checked).
             let user_agent = &user_agent[..user_agent.len().min(200)];
             tracing::info!(
-                http.requestMethod = %method,
-                http.requestUrl = %path,
+                http.requestMethod = method.as_str(),
+                http.requestUrl = path.as_str(),
                 http.status = status,
-                http.latency = %latency,
+                http.latency = latency.as_str(),
                 http.userAgent = user_agent,
                 // Cloud Logging's LogEntry wants sizes as decimal strings.
                 http.requestSize = %request_size,
