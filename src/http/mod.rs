@@ -112,8 +112,9 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 /// handlers record on it (`principal`, `job`, `source`, `message_id`,
 /// `subscription`, `attempt`, `run_id`): a run that succeeds writes exactly
 /// this one line, with its job, message, run and outcome, and a failure's
-/// own lines carry the same fields. One line, not two, per push is a third
-/// of the worker's CPU per push at Pub/Sub's rates (`make bench`).
+/// own lines carry the same fields. At `info`, logging is about a quarter of
+/// a push's CPU (`RUST_LOG=warn` against `info` on the same load; README,
+/// Performance), so a run writes one line, not two.
 async fn trace_request(
     request: axum::extract::Request,
     next: axum::middleware::Next,
