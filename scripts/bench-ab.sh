@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A/B of two pushworker binaries on the same load, interleaved, so that a
+# noisy machine hits both alike. Each run: `serve --dev` on a free port, 3 s
+# of warm-up, then wrk (2 threads, 32 connections, DUR seconds) posting
+# wrapped pushes of the echo job, each with its own message id, with one dev
+# Google token. Prints per run: req/s, p99, the worker's CPU per request
+# (utime+stime from /proc/PID/stat over the requests served) and its peak RSS.
+#
+#   scripts/bench-ab.sh OLD_BINARY NEW_BINARY [PAIRS] [ENV=VALUE ...]
+#
+# e.g. build the old revision in a worktree, then
+#   scripts/bench-ab.sh /tmp/old/target/release/pushworker target/release/pushworker 5 RUST_LOG=warn
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+old=$1 new=$2 pairs=${3:-3}; shift $(( $# >= 3 ? 3 : 2 ))
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
+DUR=${DUR:-5}
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cat > "$work/push.lua" <<'LUA'
+counter = 0
+local threads = {}
+function setup(thread) table.insert(threads, thread); thread:set("tid", #threads) end
+function init(args)
+  token = os.getenv("TOKEN")
+  template = '{"message":{"data":"eyJtZXNzYWdlIjoiaGVsbG8gZnJvbSB0aGUgYmVuY2gifQ==","attributes":{"job":"echo"},"messageId":"@ID@","publishTime":"2026-11-28T12:00:00.000Z"},"subscription":"projects/bench-project/subscriptions/work-push"}'
+end
+function request()
+  counter = counter + 1
+  local body = (string.gsub(template, "@ID@", tid .. "-" .. counter))
+  return wrk.format("POST", "/pubsub/push", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+LUA
+one() {
+  local bin=$1; shift
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
+  TOKEN=$("$bin" dev-token --dev-dir "$work/dev" google 2>/dev/null); export TOKEN
+  wrk -t2 -c32 -d3s -s "$work/push.lua" "http://127.0.0.1:$port" >/dev/null
+  local c0 c1 out
+  c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  out=$(wrk -t2 -c32 -d"${DUR}s" --latency -s "$work/push.lua" "http://127.0.0.1:$port")
+  c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  local req; req=$(echo "$out" | awk '/requests in/ {print $1}')
+  printf 'rps=%s p99=%s cpu_us_per_req=%s peak_rss_kb=%s\n' \
+    "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+    "$(echo "$out" | awk '$1 == "99%" {print $2}')" \
+    "$(( (c1 - c0) * 10000 / req ))" \
+    "$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+for i in $(seq 1 "$pairs"); do
+  printf 'pair %s old ' "$i"; one "$old" "$@"
+  printf 'pair %s new ' "$i"; one "$new" "$@"
+done
