@@ -56,16 +56,17 @@ pub fn init(format: LogFormat, project_id: Option<String>) {
 
 /// The filter for a `RUST_LOG` spec: `info` when it is empty or unreadable.
 fn filter(spec: &str) -> (Option<Targets>, Option<EnvFilter>) {
+    let info = || (Some(Targets::new().with_default(LevelFilter::INFO)), None);
     let spec = spec.trim();
     if spec.is_empty() {
-        return (Some(Targets::new().with_default(LevelFilter::INFO)), None);
+        return info();
     }
     if let Ok(targets) = spec.parse::<Targets>() {
         return (Some(targets), None);
     }
     match EnvFilter::try_new(spec) {
         Ok(env) => (None, Some(env)),
-        Err(_) => (Some(Targets::new().with_default(LevelFilter::INFO)), None),
+        Err(_) => info(),
     }
 }
 

@@ -36,7 +36,7 @@ use std::{fmt, time::Duration};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
-use serde_json::{Value, value::RawValue};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -463,11 +463,6 @@ impl JsonText {
     /// The text.
     pub fn as_str(&self) -> &str {
         self.0.get()
-    }
-
-    /// The value, parsed.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
     }
 }
 
