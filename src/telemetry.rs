@@ -19,7 +19,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::Value;
 use tracing::{
     Event, Subscriber,
     field::{Field, Visit},
@@ -113,44 +112,181 @@ struct CloudLogging {
     project_id: Option<String>,
 }
 
-/// Fields recorded on a span, kept in its extensions. Field names are
-/// static, so only the values allocate.
-struct SpanFields(Vec<(&'static str, Value)>);
+/// Where a field's value sits in a [`Fields`] buffer.
+type Slot = (&'static str, std::ops::Range<usize>);
 
-/// Collects fields; a later value of the same name replaces an earlier one
-/// (an event's own fields override its spans', inner spans outer ones).
-struct JsonVisitor<'a>(&'a mut Vec<(&'static str, Value)>);
+/// Fields as JSON text: each value is written as JSON once, when it is
+/// recorded, into one buffer; `slots` says where each one is. A span keeps
+/// its fields this way in its extensions, so a line copies bytes instead of
+/// re-serialising values, and recording a field costs no allocation of its
+/// own (a push's request span is recorded seven times).
+#[derive(Default)]
+struct Fields {
+    json: Vec<u8>,
+    slots: smallvec::SmallVec<[Slot; 12]>,
+}
 
-impl JsonVisitor<'_> {
-    fn put(&mut self, name: &'static str, value: Value) {
-        match self.0.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
+impl Fields {
+    fn with_capacity(bytes: usize) -> Self {
+        Self {
+            json: Vec::with_capacity(bytes),
+            slots: smallvec::SmallVec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.json.clear();
+        self.slots.clear();
+    }
+
+    /// The JSON text of `name`'s value, if recorded.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.slots
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, range)| &self.json[range.clone()])
+    }
+
+    /// Records a value written by `write`: a later value of the same name
+    /// replaces an earlier one (its old text stays in the buffer, unused;
+    /// a span records each field once or twice).
+    fn put(&mut self, name: &'static str, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.json.len();
+        write(&mut self.json);
+        let range = start..self.json.len();
+        match self.slots.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = range,
+            None => self.slots.push((name, range)),
         }
     }
 }
 
+/// Writes a JSON string's contents (without the quotes), escaped, from
+/// `Display` or `Debug` output: no intermediate `String`.
+struct JsonEscaper<'a>(&'a mut Vec<u8>);
+
+/// The length of `bytes`' prefix that JSON needs no escape in (no `"`, `\\`
+/// or control character), eight bytes at a time: log lines are mostly such
+/// text, and a byte-at-a-time check was most of the cost of writing one.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Nonzero where a byte of `x` is zero (exact in its lowest such byte,
+    // which is all that decides here: the scan stops at the first word hit).
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        // Bytes below 0x20 have their top three bits clear.
+        let control = zero_byte(x & u64::from_ne_bytes([0xe0; 8]));
+        let quote = zero_byte(x ^ u64::from_ne_bytes([b'"'; 8]));
+        let backslash = zero_byte(x ^ u64::from_ne_bytes([b'\\'; 8]));
+        if control | quote | backslash != 0 {
+            break;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .unwrap_or(bytes.len() - at)
+}
+
+impl std::fmt::Write for JsonEscaper<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let out = &mut *self.0;
+        let bytes = s.as_bytes();
+        let start = clean_prefix(bytes);
+        out.extend_from_slice(&bytes[..start]);
+        let mut clean = start;
+        for (i, &b) in bytes.iter().enumerate().skip(start) {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..0x20 => &[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ],
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[clean..i]);
+            out.extend_from_slice(escape);
+            clean = i + 1;
+        }
+        out.extend_from_slice(&bytes[clean..]);
+        Ok(())
+    }
+}
+
+/// `value`'s `Display` as a JSON string.
+fn write_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+    use std::fmt::Write as _;
+    out.push(b'"');
+    let _ = write!(JsonEscaper(out), "{value}");
+    out.push(b'"');
+}
+
+/// `value` as a JSON string, without going through `fmt`.
+fn write_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    let _ = std::fmt::Write::write_str(&mut JsonEscaper(out), value);
+    out.push(b'"');
+}
+
+/// Collects fields into a [`Fields`].
+struct JsonVisitor<'a>(&'a mut Fields);
+
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field.name(), Value::from(value));
+        self.0.put(field.name(), |out| write_str(out, value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field.name(), Value::from(value));
+        self.0.put(field.name(), |out| {
+            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        });
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field.name(), Value::from(value));
+        self.0.put(field.name(), |out| {
+            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        });
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field.name(), Value::from(value));
+        self.0.put(field.name(), |out| {
+            out.extend_from_slice(if value { b"true" } else { b"false" });
+        });
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field.name(), Value::from(value));
+        self.0.put(field.name(), |out| {
+            // JSON has no NaN or infinity.
+            if value.is_finite() {
+                let _ = write!(out, "{value}");
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        });
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field.name(), Value::from(value.to_string()));
+        self.0.put(field.name(), |out| write_display(out, value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field.name(), Value::from(format!("{value:?}")));
+        struct AsDisplay<'a>(&'a dyn std::fmt::Debug);
+        impl std::fmt::Display for AsDisplay<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        self.0
+            .put(field.name(), |out| write_display(out, AsDisplay(value)));
     }
 }
 
@@ -171,8 +307,15 @@ fn rfc3339(now: SystemTime) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Writes RFC 3339 UTC time with microseconds.
+/// Writes RFC 3339 UTC time with microseconds (digits by hand: `write!`
+/// costs more than the rest of the line's fixed parts).
 fn write_rfc3339(out: &mut Vec<u8>, now: SystemTime) -> std::io::Result<()> {
+    /// `n`'s last `width` decimal digits, zero-padded.
+    fn digits(out: &mut Vec<u8>, n: u64, width: u32) {
+        for place in (0..width).rev() {
+            out.push(b'0' + (n / 10u64.pow(place) % 10) as u8);
+        }
+    }
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -186,14 +329,26 @@ fn write_rfc3339(out: &mut Vec<u8>, now: SystemTime) -> std::io::Result<()> {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    if !(0..=9999).contains(&year) {
+        return Err(std::io::Error::other("year out of RFC 3339's range"));
+    }
+    // All in range now: year 0..=9999, the rest small and non-negative.
+    let [year, month, day, rem] = [year, month, day, rem].map(|n| n.unsigned_abs());
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, rem % 3600 / 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    out.push(b'.');
+    digits(out, u64::from(d.subsec_micros()), 6);
+    out.push(b'Z');
+    Ok(())
 }
 
 impl<S> Layer<S> for CloudLogging
@@ -201,59 +356,85 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Vec::new();
+        // Room for a request span's fields once recorded (about 200 bytes).
+        let mut fields = Fields::with_capacity(256);
         attrs.record(&mut JsonVisitor(&mut fields));
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanFields(fields));
+            span.extensions_mut().insert(fields);
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
         {
-            values.record(&mut JsonVisitor(&mut fields.0));
+            values.record(&mut JsonVisitor(fields));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        // The spans' fields are borrowed, not copied, while the line is
-        // written: their extensions stay locked for that long.
-        let spans: Vec<_> = ctx
+        // The spans' fields are read in place while the line is written:
+        // their extensions stay locked for that long.
+        let spans: smallvec::SmallVec<[_; 8]> = ctx
             .event_scope(event)
             .map(|scope| scope.from_root().collect())
             .unwrap_or_default();
-        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut own = Vec::with_capacity(8);
-        event.record(&mut JsonVisitor(&mut own));
-        let mut fields: Vec<(&'static str, &Value)> = Vec::with_capacity(24);
-        let span_fields = extensions
-            .iter()
-            .filter_map(|e| e.get::<SpanFields>())
-            .flat_map(|f| f.0.iter());
-        // A later value of a name replaces an earlier one: inner spans
-        // outer ones, the event's own fields its spans'.
-        for (name, value) in span_fields.chain(own.iter()) {
-            match fields.iter_mut().find(|(k, _)| k == name) {
-                Some(slot) => slot.1 = value,
-                None => fields.push((name, value)),
-            }
-        }
-        LINE.with(|line| {
+        let extensions: smallvec::SmallVec<[_; 8]> =
+            spans.iter().map(|span| span.extensions()).collect();
+        SCRATCH.with(|scratch| {
             // Reused per thread: a line costs no allocation of its own.
-            let Ok(mut line) = line.try_borrow_mut() else {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 return;
             };
+            let Scratch { line, own } = &mut *scratch;
+            own.clear();
+            event.record(&mut JsonVisitor(own));
+            // Outer spans first, the event's own fields last: a later
+            // source's value of a name replaces an earlier one's.
+            let mut sources: smallvec::SmallVec<[&Fields; 8]> = extensions
+                .iter()
+                .filter_map(|e| e.get::<Fields>())
+                .collect();
+            sources.push(own);
             line.clear();
-            if self.write_line(&mut line, event, fields).is_ok() {
-                let _ = std::io::stdout().lock().write_all(&line);
+            if self.write_line(line, event, &sources).is_ok() {
+                let _ = std::io::stdout().lock().write_all(line);
             }
         });
     }
 }
 
+/// Per-thread buffers for writing a line.
+#[derive(Default)]
+struct Scratch {
+    line: Vec<u8>,
+    own: Fields,
+}
+
 thread_local! {
-    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// The value of `name` as the line shows it: the last source's that has it.
+fn last<'a>(sources: &[&'a Fields], name: &str) -> Option<&'a [u8]> {
+    sources.iter().rev().find_map(|f| f.get(name))
+}
+
+/// Every field once, in order, with the value that wins (see [`last`]).
+fn winners<'a>(sources: &'a [&'a Fields]) -> impl Iterator<Item = (&'static str, &'a [u8])> {
+    sources.iter().enumerate().flat_map(move |(i, fields)| {
+        fields
+            .slots
+            .iter()
+            .filter(move |(name, _)| sources[i + 1..].iter().all(|f| f.get(name).is_none()))
+            .map(|(name, range)| (*name, &fields.json[range.clone()]))
+    })
+}
+
+/// Writes `"name":` with `name` escaped as a JSON string.
+fn write_key(out: &mut Vec<u8>, name: &str) {
+    write_str(out, name);
+    out.push(b':');
 }
 
 impl CloudLogging {
@@ -263,36 +444,33 @@ impl CloudLogging {
         &self,
         out: &mut Vec<u8>,
         event: &Event<'_>,
-        mut fields: Vec<(&'static str, &Value)>,
+        sources: &[&Fields],
     ) -> std::io::Result<()> {
-        fn take<'v>(fields: &mut Vec<(&'static str, &'v Value)>, name: &str) -> Option<&'v Value> {
-            let at = fields.iter().position(|(k, _)| *k == name)?;
-            Some(fields.remove(at).1)
-        }
+        const SPECIAL: [&str; 3] = ["message", "trace_id", "span_id"];
         out.extend_from_slice(b"{\"severity\":\"");
         out.extend_from_slice(severity(event.metadata().level()).as_bytes());
         out.extend_from_slice(b"\",\"time\":\"");
         write_rfc3339(out, SystemTime::now())?;
         out.extend_from_slice(b"\",\"message\":");
-        match take(&mut fields, "message") {
-            Some(message) => serde_json::to_writer(&mut *out, message)?,
-            None => out.extend_from_slice(b"\"\""),
-        }
-        if let Some(Value::String(trace)) = take(&mut fields, "trace_id") {
-            out.extend_from_slice(b",\"logging.googleapis.com/trace\":");
-            match &self.project_id {
-                Some(p) => {
-                    serde_json::to_writer(&mut *out, &format!("projects/{p}/traces/{trace}"))?
-                }
-                None => serde_json::to_writer(&mut *out, &trace)?,
+        out.extend_from_slice(last(sources, "message").unwrap_or(b"\"\""));
+        // A trace id is recorded as a string (32 hex digits) or not at all.
+        if let Some(trace) = last(sources, "trace_id")
+            .and_then(|t| t.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")))
+        {
+            out.extend_from_slice(b",\"logging.googleapis.com/trace\":\"");
+            if let Some(p) = &self.project_id {
+                out.extend_from_slice(b"projects/");
+                let _ = std::fmt::Write::write_str(&mut JsonEscaper(out), p);
+                out.extend_from_slice(b"/traces/");
             }
+            out.extend_from_slice(trace);
+            out.push(b'"');
         }
-        if let Some(span_id) = take(&mut fields, "span_id") {
+        if let Some(span_id) = last(sources, "span_id") {
             out.extend_from_slice(b",\"logging.googleapis.com/spanId\":");
-            serde_json::to_writer(&mut *out, span_id)?;
+            out.extend_from_slice(span_id);
         }
-        let mut http = fields
-            .iter()
+        let mut http = winners(sources)
             .filter_map(|(k, v)| Some((k.strip_prefix("http.")?, v)))
             .peekable();
         if http.peek().is_some() {
@@ -301,19 +479,19 @@ impl CloudLogging {
                 if i > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut *out, name)?;
-                out.push(b':');
-                serde_json::to_writer(&mut *out, value)?;
+                write_key(out, name);
+                out.extend_from_slice(value);
             }
             out.push(b'}');
         }
         out.extend_from_slice(b",\"target\":");
-        serde_json::to_writer(&mut *out, event.metadata().target())?;
-        for (name, value) in fields.iter().filter(|(k, _)| !k.starts_with("http.")) {
+        write_str(out, event.metadata().target());
+        for (name, value) in
+            winners(sources).filter(|(k, _)| !k.starts_with("http.") && !SPECIAL.contains(k))
+        {
             out.push(b',');
-            serde_json::to_writer(&mut *out, name)?;
-            out.push(b':');
-            serde_json::to_writer(&mut *out, value)?;
+            write_key(out, name);
+            out.extend_from_slice(value);
         }
         out.extend_from_slice(b"}\n");
         Ok(())
@@ -376,6 +554,65 @@ mod tests {
         let targets = targets.unwrap();
         assert!(targets.would_enable("pushworker", &tracing::Level::INFO));
         assert!(!targets.would_enable("pushworker", &tracing::Level::DEBUG));
+    }
+
+    /// Every string comes out as the JSON string of itself, whichever byte
+    /// needs escaping and wherever it sits (the eight-byte scan's edges).
+    #[test]
+    fn strings_are_escaped_as_json_reads_them() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        cases.extend(["", "plain ascii", "é ü 日本 🦀", "a\u{7f}b", "\u{2028}"].map(String::from));
+        for at in 0..20 {
+            for special in ['"', '\\', '\n', '\u{1}', '\u{1f}'] {
+                let mut text = "x".repeat(at);
+                text.push(special);
+                text.push_str("tail of the text");
+                cases.push(text);
+            }
+        }
+        for case in cases {
+            let mut out = Vec::new();
+            write_str(&mut out, &case);
+            let back: String = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                panic!("{case:?} wrote {:?}: {e}", String::from_utf8_lossy(&out))
+            });
+            assert_eq!(back, case);
+            let mut shown = Vec::new();
+            write_display(&mut shown, &case);
+            assert_eq!(shown, out, "Display and str agree for {case:?}");
+        }
+        assert_eq!(clean_prefix(b"0123456789abcdef\"x"), 16);
+        assert_eq!(clean_prefix(b"01234567\n"), 8);
+        assert_eq!(clean_prefix(b"abc"), 3);
+    }
+
+    /// A later record of a name replaces the earlier one; across sources
+    /// (outer span, inner span, event), the last source wins, and each name
+    /// is written once, with the source that wins.
+    #[test]
+    fn later_values_of_a_name_win() {
+        let mut outer = Fields::default();
+        outer.put("job", |o| write_str(o, "echo"));
+        outer.put("attempt", |o| o.extend_from_slice(b"1"));
+        outer.put("job", |o| write_str(o, "sleep"));
+        assert_eq!(outer.get("job"), Some(&b"\"sleep\""[..]));
+        let mut own = Fields::default();
+        own.put("attempt", |o| o.extend_from_slice(b"2"));
+        own.put("message", |o| write_str(o, "hi"));
+        let sources = [&outer, &own];
+        let fields: Vec<_> = winners(&sources)
+            .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("job", "\"sleep\"".to_owned()),
+                ("attempt", "2".to_owned()),
+                ("message", "\"hi\"".to_owned())
+            ]
+        );
+        assert_eq!(last(&sources, "attempt"), Some(&b"2"[..]));
+        assert_eq!(last(&sources, "nothing"), None);
     }
 
     #[test]

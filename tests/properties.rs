@@ -632,7 +632,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
         );
-        let got = runtime.block_on(auth.authenticate(&headers));
+        let got = runtime
+            .block_on(auth.authenticate(&headers))
+            .map(|p| (*p).clone());
         assert_eq!(got.as_ref(), Ok(who), "a valid token was refused");
     }
     Fixture {
@@ -988,7 +990,10 @@ proptest! {
         if let Some(extra) = extra.as_deref().and_then(|v| HeaderValue::from_bytes(v).ok()) {
             headers.append(AUTHORIZATION, extra);
         }
-        let result = fx.runtime.block_on(fx.auth.authenticate(&headers));
+        let result = fx
+            .runtime
+            .block_on(fx.auth.authenticate(&headers))
+            .map(|p| (*p).clone());
         if let Ok(principal) = &result {
             let token = bearer_token(&headers).expect("accepted, so a bearer token");
             let signed = fx.valid.iter().find(|(t, _)| t == token);
@@ -1020,7 +1025,9 @@ proptest! {
                 AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
             );
-            fx.runtime.block_on(fx.auth.authenticate(&headers))
+            fx.runtime
+                .block_on(fx.auth.authenticate(&headers))
+                .map(|p| (*p).clone())
         };
         let organization = |principal: Result<Principal, AuthError>| match principal {
             Ok(Principal::Clerk(user)) => user.organization,

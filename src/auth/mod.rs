@@ -277,10 +277,13 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         headers: &axum::http::HeaderMap,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let token = token::bearer_token(headers)?;
         let Some(cache) = &self.tokens else {
-            return self.verify(token).await.map(|(_, _, v)| v.principal);
+            return self
+                .verify(token)
+                .await
+                .map(|(_, _, v)| Arc::new(v.principal));
         };
         let digest = token_cache::TokenCache::digest(token);
         if let Some(principal) = cache.get(&digest, |issuer, kid, key| {
@@ -289,15 +292,16 @@ impl Authenticator {
             return Ok(principal);
         }
         let (issuer, kid, verified) = self.verify(token).await?;
+        let principal = Arc::new(verified.principal);
         cache.insert(
             digest,
             issuer,
             &kid,
             &verified.key,
-            &verified.principal,
+            &principal,
             verified.lifetime,
         );
-        Ok(verified.principal)
+        Ok(principal)
     }
 
     /// Whether `key` still serves `kid` in `issuer`'s current key set.
@@ -382,16 +386,16 @@ fn verify_signature<C: DeserializeOwned>(
 /// Any verified caller. Add this parameter to a handler to require
 /// authentication; the handler then knows who called.
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub Principal);
+pub struct Authenticated(pub Arc<Principal>);
 
 /// A caller allowed to run jobs (see [`Principal::check_trigger`]).
 #[derive(Debug, Clone)]
-pub struct CanTrigger(pub Principal);
+pub struct CanTrigger(pub Arc<Principal>);
 
 /// A caller allowed to read the run ledger (see
 /// [`Principal::check_view_runs`]).
 #[derive(Debug, Clone)]
-pub struct CanViewRuns(pub Principal);
+pub struct CanViewRuns(pub Arc<Principal>);
 
 impl<S> FromRequestParts<S> for Authenticated
 where

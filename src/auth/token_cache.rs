@@ -66,7 +66,7 @@ pub struct Lifetime {
 
 /// One accepted token.
 struct Entry {
-    principal: Principal,
+    principal: Arc<Principal>,
     issuer: Issuer,
     kid: Box<str>,
     key: Arc<DecodingKey>,
@@ -163,7 +163,7 @@ impl TokenCache {
         &self,
         digest: &[u8; 32],
         key_is_current: impl FnOnce(Issuer, &str, &Arc<DecodingKey>) -> bool,
-    ) -> Option<Principal> {
+    ) -> Option<Arc<Principal>> {
         let now = jsonwebtoken::get_current_timestamp();
         self.get_at(digest, now, key_is_current)
     }
@@ -173,7 +173,7 @@ impl TokenCache {
         digest: &[u8; 32],
         now: u64,
         key_is_current: impl FnOnce(Issuer, &str, &Arc<DecodingKey>) -> bool,
-    ) -> Option<Principal> {
+    ) -> Option<Arc<Principal>> {
         let Some(entry) = self.entries.get(digest) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -182,7 +182,7 @@ impl TokenCache {
             && key_is_current(entry.issuer, &entry.kid, &entry.key)
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Some(entry.principal.clone());
+            return Some(Arc::clone(&entry.principal));
         }
         // Only this entry: another request may have cached the token anew.
         self.entries
@@ -212,7 +212,7 @@ impl TokenCache {
         issuer: Issuer,
         kid: &str,
         key: &Arc<DecodingKey>,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         lifetime: Option<Lifetime>,
     ) {
         let Some(lifetime) = lifetime else {
@@ -224,7 +224,7 @@ impl TokenCache {
         self.entries.insert(
             digest,
             Arc::new(Entry {
-                principal: principal.clone(),
+                principal: Arc::clone(principal),
                 issuer,
                 kid: kid.into(),
                 key: Arc::clone(key),
@@ -275,12 +275,12 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
-    fn principal(n: usize) -> Principal {
-        Principal::Google(GoogleIdentity {
+    fn principal(n: usize) -> Arc<Principal> {
+        Arc::new(Principal::Google(GoogleIdentity {
             email: format!("sa{n}@p.iam.gserviceaccount.com"),
             subject: n.to_string(),
             audience: "aud".into(),
-        })
+        }))
     }
 
     fn key() -> Arc<DecodingKey> {

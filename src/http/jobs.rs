@@ -2,8 +2,6 @@
 //! running a job by hand (Clerk users with the trigger permission) or from
 //! Cloud Scheduler / Cloud Tasks (allowed service accounts).
 
-use std::sync::Arc;
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -149,7 +147,7 @@ async fn trigger(
     }
     let body = body.map_err(body_error)?;
     let key = idempotency_key(&headers)?;
-    let source = match principal {
+    let source = match &*principal {
         Principal::Google(_) => RunSource::Service,
         Principal::Clerk(_) => RunSource::Manual,
     };
@@ -167,7 +165,7 @@ async fn trigger(
                 .map(|k| DedupKey::manual(&name, principal.id(), k)),
             job: name.clone(),
             source,
-            principal: Arc::new(principal),
+            principal,
             message: None,
             attempt: attempt_from_headers(&headers),
             idempotency_key: key,

@@ -59,8 +59,7 @@ pub(super) fn router() -> Router<AppState> {
 async fn push_by_attribute(
     State(state): State<AppState>,
     CanTrigger(principal): CanTrigger,
-    headers: HeaderMap,
-    PushBody(body): PushBody,
+    PushBody { headers, body }: PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, None, principal, headers, body).await
 }
@@ -70,35 +69,43 @@ async fn push_to_job(
     State(state): State<AppState>,
     Path(job): Path<String>,
     CanTrigger(principal): CanTrigger,
-    headers: HeaderMap,
-    PushBody(body): PushBody,
+    PushBody { headers, body }: PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, Some(job), principal, headers, body).await
 }
 
 /// The request body, read into one buffer sized by `Content-Length`: a 13 MB
 /// envelope costs 13 MB, where collecting chunks and then joining them would
-/// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413.
-struct PushBody(Result<Bytes, Error>);
+/// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413. The
+/// headers come with it, moved out of the request rather than copied.
+struct PushBody {
+    headers: HeaderMap,
+    body: Result<Bytes, Error>,
+}
 
 impl<S: Send + Sync> FromRequest<S> for PushBody {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(read_body(request).await))
+        let (parts, body) = request.into_parts();
+        let body = read_body(&parts.headers, body).await;
+        Ok(Self {
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
-async fn read_body(request: Request) -> Result<Bytes, Error> {
+async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, Error> {
     use futures::StreamExt as _;
     let limit = pubsub::MAX_BODY_BYTES;
     let too_large = || Error::PayloadTooLarge(limit);
-    let declared = content_length(request.headers()).and_then(|n| usize::try_from(n).ok());
+    let declared = content_length(headers).and_then(|n| usize::try_from(n).ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut buffer = Vec::with_capacity(declared.unwrap_or(0));
-    let mut stream = request.into_body().into_data_stream();
+    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| Error::BadBody)?;
         if buffer.len() + chunk.len() > limit {
@@ -114,7 +121,7 @@ async fn read_body(request: Request) -> Result<Bytes, Error> {
 async fn handle(
     state: AppState,
     path_job: Option<String>,
-    principal: Principal,
+    principal: Arc<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, Error>,
 ) -> Result<StatusCode, Error> {
@@ -178,7 +185,7 @@ async fn handle(
             )),
             job: job.clone(),
             source: RunSource::Push,
-            principal: Arc::new(principal),
+            principal,
             message: Some(Arc::clone(&meta)),
             attempt,
             idempotency_key: None,

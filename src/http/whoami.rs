@@ -19,7 +19,7 @@ async fn whoami(
 ) -> Json<Value> {
     let trigger = principal.check_trigger(&state.config.trigger);
     let mut body = json!({
-        "principal": principal,
+        "principal": &*principal,
         "can_trigger": trigger.is_ok(),
         "trigger_permission": state.config.trigger.permission,
     });

@@ -385,6 +385,9 @@ impl JobRegistry {
         drop(payload);
         let mut job = std::panic::AssertUnwindSafe(future).catch_unwind();
         let finished = tokio::select! {
+            // The job first: one that finishes at once never registers with
+            // the token.
+            biased;
             finished = tokio::time::timeout(timeout, &mut job) => finished,
             () = cancel.cancelled() => {
                 // Shutting down (or the caller left): a job watching its

@@ -121,9 +121,14 @@ impl Stored {
 /// ones are simply not shared.
 #[derive(Debug, Default)]
 struct Shared {
-    texts: HashSet<Arc<str>>,
-    principals: HashSet<Arc<RunPrincipal>>,
+    texts: HashSet<Arc<str>, Hasher>,
+    principals: HashSet<Arc<RunPrincipal>, Hasher>,
 }
+
+/// foldhash, seeded per process: SipHash was a third of a push's ledger
+/// work (four to six hashes per run), and these keys come from verified
+/// callers only.
+type Hasher = foldhash::fast::RandomState;
 
 impl Shared {
     const MAX: usize = 4096;
@@ -155,7 +160,7 @@ impl Shared {
 struct Inner {
     /// By run id: UUIDv7, so oldest first.
     runs: BTreeMap<Uuid, Stored>,
-    claims: HashMap<Arc<str>, KeyClaim>,
+    claims: HashMap<Arc<str>, KeyClaim, Hasher>,
     shared: Shared,
 }
 

@@ -131,7 +131,8 @@ fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<
         }
     }
     let mut capped = Capped {
-        text: Vec::new(),
+        // Most outputs fit: one allocation rather than one per doubling.
+        text: Vec::with_capacity(cap.min(256)),
         cap,
     };
     match output.write_json(&mut capped) {
@@ -229,7 +230,8 @@ impl Runner {
     /// could not record the run (nothing ran), or its end (the job ran).
     pub async fn run(&self, request: RunRequest) -> Result<Outcome, StoreError> {
         let run_id = Uuid::now_v7();
-        tracing::Span::current().record("run_id", tracing::field::display(run_id));
+        let mut text = Uuid::encode_buffer();
+        tracing::Span::current().record("run_id", &*run_id.hyphenated().encode_lower(&mut text));
         let (payload, payload_truncated) =
             capture_payload(&request.payload, self.limits.payload_cap);
         let meta = request.message.as_deref();
