@@ -145,7 +145,7 @@ async fn trace_request(
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let latency = Latency(started.elapsed());
+    let latency = Latency::new(started.elapsed());
     let response_size = content_length(response.headers()).unwrap_or(0);
     span.in_scope(|| {
         let quiet = matches!(path, "/healthz" | "/readyz");
@@ -154,8 +154,8 @@ async fn trace_request(
                 http.requestMethod = method.as_str(),
                 http.requestUrl = path,
                 http.status = status,
-                http.latency = %latency,
-                "request"
+                http.latency = latency.as_str(),
+                message = "request",
             );
         } else {
             let user_agent = user_agent
@@ -168,24 +168,64 @@ async fn trace_request(
                 http.requestMethod = method.as_str(),
                 http.requestUrl = path,
                 http.status = status,
-                http.latency = %latency,
+                http.latency = latency.as_str(),
                 http.userAgent = user_agent,
                 // Cloud Logging's LogEntry wants sizes as decimal strings.
                 http.requestSize = itoa::Buffer::new().format(request_size),
                 http.responseSize = itoa::Buffer::new().format(response_size),
-                "request"
+                // A plain string, not format arguments: no `fmt` on the
+                // line every request writes.
+                message = "request",
             );
         }
     });
     response
 }
 
-/// A request's latency as Cloud Logging's `httpRequest.latency` wants it
-/// (`0.000123s`), written straight into the log line.
-struct Latency(std::time::Duration);
+/// A request's latency as Cloud Logging's `httpRequest.latency` wants it:
+/// seconds with six decimals (`0.000123s`, the microseconds truncated), in
+/// a buffer on the stack.
+struct Latency {
+    text: [u8; 28],
+    len: usize,
+}
 
-impl std::fmt::Display for Latency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.6}s", self.0.as_secs_f64())
+impl Latency {
+    fn new(elapsed: std::time::Duration) -> Self {
+        let mut text = [0u8; 28];
+        let mut secs = itoa::Buffer::new();
+        // At most 20 digits, then `.`, six digits and `s`: 28 bytes.
+        let secs = secs.format(elapsed.as_secs()).as_bytes();
+        text[..secs.len()].copy_from_slice(secs);
+        let mut len = secs.len();
+        text[len] = b'.';
+        len += 1;
+        let micros = elapsed.subsec_micros();
+        for place in (0..6).rev() {
+            text[len] = b'0' + (micros / 10u32.pow(place) % 10) as u8;
+            len += 1;
+        }
+        text[len] = b's';
+        Self { text, len: len + 1 }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Latency;
+
+    #[test]
+    fn latency_reads_as_cloud_logging_wants() {
+        let text = |d| Latency::new(d).as_str().to_owned();
+        assert_eq!(text(Duration::ZERO), "0.000000s");
+        assert_eq!(text(Duration::from_nanos(123_456_789)), "0.123456s");
+        assert_eq!(text(Duration::from_micros(61_000_001)), "61.000001s");
+        assert_eq!(text(Duration::MAX), "18446744073709551615.999999s");
     }
 }
