@@ -292,16 +292,14 @@ impl Authenticator {
             return Ok(principal);
         }
         let (issuer, kid, verified) = self.verify(token).await?;
-        let principal = Arc::new(verified.principal);
-        cache.insert(
+        Ok(cache.insert(
             digest,
             issuer,
             &kid,
             &verified.key,
-            &principal,
+            Arc::new(verified.principal),
             verified.lifetime,
-        );
-        Ok(principal)
+        ))
     }
 
     /// Whether `key` still serves `kid` in `issuer`'s current key set.
