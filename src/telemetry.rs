@@ -148,16 +148,21 @@ impl Fields {
     }
 
     /// Records a value written by `write`: a later value of the same name
-    /// replaces an earlier one (its old text stays in the buffer, unused;
-    /// a span records each field once or twice).
+    /// replaces an earlier one, whose text is cut out of the buffer (a span
+    /// that records one field over and over does not grow).
     fn put(&mut self, name: &'static str, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(at) = self.slots.iter().position(|(k, _)| *k == name) {
+            let (_, old) = self.slots.remove(at);
+            self.json.drain(old.clone());
+            for (_, range) in &mut self.slots {
+                if range.start >= old.end {
+                    *range = range.start - old.len()..range.end - old.len();
+                }
+            }
+        }
         let start = self.json.len();
         write(&mut self.json);
-        let range = start..self.json.len();
-        match self.slots.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = range,
-            None => self.slots.push((name, range)),
-        }
+        self.slots.push((name, start..self.json.len()));
     }
 }
 
@@ -596,6 +601,15 @@ mod tests {
         outer.put("attempt", |o| o.extend_from_slice(b"1"));
         outer.put("job", |o| write_str(o, "sleep"));
         assert_eq!(outer.get("job"), Some(&b"\"sleep\""[..]));
+        assert_eq!(outer.get("attempt"), Some(&b"1"[..]));
+        for _ in 0..100 {
+            outer.put("job", |o| write_str(o, "sleep"));
+        }
+        assert_eq!(
+            outer.json.len(),
+            "1\"sleep\"".len(),
+            "replaced text is cut out"
+        );
         let mut own = Fields::default();
         own.put("attempt", |o| o.extend_from_slice(b"2"));
         own.put("message", |o| write_str(o, "hi"));
