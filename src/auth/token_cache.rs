@@ -99,8 +99,9 @@ pub struct TokenCache {
     /// The principal and kid of the latest insertion, which the next one
     /// shares when it has the same: Pub/Sub's tokens all name one service
     /// account under one or two kids, so a cache full of its tokens holds
-    /// one principal, not ten thousand copies (about 340 of an entry's 440
-    /// bytes).
+    /// one principal, not ten thousand copies (by its size and its strings'
+    /// about 340 B of an entry's 440; the worst RSS over `make bench`'s
+    /// scenarios 1 to 4, with 10,000 entries, fell by about 3 MB).
     recent: std::sync::Mutex<Option<(Arc<Principal>, Arc<str>)>>,
 }
 
