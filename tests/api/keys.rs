@@ -41,7 +41,7 @@ async fn keys_are_prefetched_and_cached_for_max_age() {
 #[tokio::test]
 async fn cache_control_max_age_is_honoured() {
     let keys = KeyServer::start().await;
-    keys.set_max_age(1);
+    keys.set_max_age(2);
     let app = spawn_app_on(
         keys,
         Options {
@@ -53,16 +53,19 @@ async fn cache_control_max_age_is_honoured() {
     .await;
     assert_eq!(app.whoami(&google_token()).await.status(), 200);
     assert_eq!(app.keys.google_fetches(), 1);
-    // Well within max-age=1: no refetch.
+    // Well within max-age=2: no refetch.
     assert_eq!(app.whoami(&google_token()).await.status(), 200);
     assert_eq!(app.keys.google_fetches(), 1);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The refreshed set lives long, so however slowly the 20 requests below
+    // run, only the first set's expiry can cause a refresh.
+    app.keys.set_max_age(3600);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     // Past max-age: the hit is served from the old keys and a refresh runs.
     for _ in 0..20 {
         assert_eq!(app.whoami(&google_token()).await.status(), 200);
     }
     wait_for("refresh after max-age", Duration::from_secs(3), || {
-        app.keys.google_fetches() == 2
+        app.keys.google_fetches() >= 2
     })
     .await;
     assert_eq!(
@@ -164,6 +167,7 @@ async fn key_server_down_after_warm_up_keeps_old_keys() {
     .await;
     assert_eq!(app.whoami(&google_token()).await.status(), 200);
     app.keys.set_mode(Mode::Down);
+    let before = app.keys.google_fetches();
     let start = Instant::now();
     let mut requests = 0;
     while start.elapsed() < Duration::from_millis(1500) {
@@ -175,9 +179,9 @@ async fn key_server_down_after_warm_up_keeps_old_keys() {
         requests += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let fetches = app.keys.google_fetches();
+    let fetches = app.keys.google_fetches() - before;
     assert!(
-        fetches <= 1 + 6,
+        fetches <= 6,
         "{fetches} fetches in 1.5 s with a 300 ms cooldown ({requests} requests)"
     );
     for mode in [Mode::Garbage, Mode::Slow(Duration::from_secs(5))] {
@@ -266,8 +270,9 @@ async fn slow_key_server_is_bounded_by_the_timeout() {
     let start = Instant::now();
     let response = app.whoami(&google_token()).await;
     assert_eq!(response.status(), 503);
+    // Far under the server's 10 s, with room for a loaded machine.
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(5),
         "took {:?}",
         start.elapsed()
     );

@@ -96,19 +96,44 @@ async fn sigterm_lets_short_jobs_finish_and_nacks_the_rest() {
             );
         (short, long)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both jobs have begun (their runs are recorded as running) before the
+    // signal: waited for, not slept on, since the worker is another process.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (running,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM runs WHERE status = 'running'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if running == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "both jobs should have begun: {running} running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let signalled = Instant::now();
     sigterm(&worker.child);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await;
-    assert!(
-        refused.is_err(),
-        "new connections are refused after SIGTERM: {refused:?}"
-    );
+    // The listener closes soon after the signal, while both jobs still run.
+    let refused = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    signalled.elapsed() < Duration::from_millis(1500),
+                    "new connections are refused after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(!long.is_finished(), "refused while a job still runs");
     assert_eq!(
         short.await.unwrap(),
         204,

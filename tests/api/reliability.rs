@@ -240,6 +240,20 @@ async fn key_server_trouble_under_load() {
         next.public_jwk().unwrap(),
     ]);
     tokio::time::sleep(phase).await;
+    // Tokens switch only once the worker holds both keys: under a loaded
+    // machine a refresh or two in the phase above may have timed out.
+    let published = Instant::now();
+    loop {
+        let body: serde_json::Value = app.readyz().await.json().await.unwrap();
+        if body["issuers"]["google"]["keys"] == 2 {
+            break;
+        }
+        assert!(
+            published.elapsed() < Duration::from_secs(10),
+            "the published key was never picked up: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     use_next.store(true, Ordering::SeqCst);
     tokio::time::sleep(phase).await;
     app.keys.set_google_keys(vec![next.public_jwk().unwrap()]);

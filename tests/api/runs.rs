@@ -151,7 +151,9 @@ async fn memory_one_instance_runs_a_message_once() {
 #[tokio::test]
 async fn memory_an_expired_lease_lets_a_redelivery_run() {
     let app = spawn_app_with(Options {
-        lease: Duration::from_secs(1),
+        // Long enough that a loaded machine still sends the second delivery
+        // within it (the lease runs on the wall clock).
+        lease: Duration::from_secs(3),
         job_timeout: Duration::from_secs(30),
         ..Options::default()
     })
@@ -165,7 +167,7 @@ async fn memory_an_expired_lease_lets_a_redelivery_run() {
 
     let busy = app.push(&google_token(), body.clone()).await;
     assert_eq!(busy.status(), 409, "within the lease: in progress");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let redelivery = app.push(&google_token(), body).await;
     assert_eq!(redelivery.status(), 204, "after the lease: runs");
     assert_eq!(app.count(), 2);
@@ -322,14 +324,15 @@ async fn idempotency_keys(app: &TestApp) {
     assert_eq!(again, first, "the first run's body");
     assert_eq!(app.count(), 1, "not run again");
 
-    // A repeat while the first still runs.
+    // A repeat while the first still runs (3 s: room for a loaded machine;
+    // the callers give jobs a 10 s timeout).
     let slow = {
         let request = app
             .client
             .post(format!("{}/jobs/count", app.addr))
             .bearer_auth(&admin)
             .header("idempotency-key", "key-2")
-            .json(&json!({"millis": 500}));
+            .json(&json!({"millis": 3000}));
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     until(Duration::from_secs(5), "the slow run to start", || {
@@ -337,7 +340,7 @@ async fn idempotency_keys(app: &TestApp) {
     })
     .await;
     let busy = app
-        .trigger_with_key("count", &admin, "key-2", &json!({"millis": 500}))
+        .trigger_with_key("count", &admin, "key-2", &json!({"millis": 3000}))
         .await;
     assert_eq!(busy.status(), 409);
     let busy: Value = busy.json().await.unwrap();
@@ -347,7 +350,7 @@ async fn idempotency_keys(app: &TestApp) {
     let slow: Value = slow.json().await.unwrap();
     assert_eq!(busy["run_id"], slow["run_id"], "409 names the first run");
     let replay = app
-        .trigger_with_key("count", &admin, "key-2", &json!({"millis": 500}))
+        .trigger_with_key("count", &admin, "key-2", &json!({"millis": 3000}))
         .await;
     assert_eq!(replay.status(), 200);
     assert_eq!(replay.json::<Value>().await.unwrap(), slow);
@@ -432,7 +435,14 @@ async fn idempotency_keys(app: &TestApp) {
 
 #[tokio::test]
 async fn memory_idempotency_keys_on_manual_triggers() {
-    idempotency_keys(&spawn_app().await).await;
+    idempotency_keys(
+        &spawn_app_with(Options {
+            job_timeout: Duration::from_secs(10),
+            ..Options::default()
+        })
+        .await,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -440,6 +450,7 @@ async fn postgres_idempotency_keys_on_manual_triggers() {
     let db = TestDb::create().await;
     let app = spawn_app_with(Options {
         database_url: Some(db.url()),
+        job_timeout: Duration::from_secs(10),
         ..Options::default()
     })
     .await;
