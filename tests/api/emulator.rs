@@ -204,6 +204,7 @@ fn bridge_args(
     emulator: &Emulator,
     dev_dir: &TempDir,
     sub: &str,
+    max: Option<usize>,
     idle: u64,
 ) -> ReplayArgs {
     ReplayArgs {
@@ -217,19 +218,29 @@ fn bridge_args(
         audience: Some(AUDIENCE.to_owned()),
         service_account: SERVICE_ACCOUNT.to_owned(),
         dev_dir: dev_dir.0.clone(),
-        max: None,
+        max,
         idle_timeout: idle,
         emulator_host: Some(emulator.host.clone()),
         timeout: 30,
     }
 }
 
-/// Pulls everything currently on `sub` (acking it), up to `idle` of silence.
-async fn drain(emulator: &Emulator, sub: &str, idle: Duration) -> Vec<Message> {
+/// Pulls from `sub` (acking) until `expected` messages came, waiting up to
+/// 30 s for them (a loaded machine's emulator can be slow to start
+/// delivering), then 1 s more for any extra.
+async fn drain(emulator: &Emulator, sub: &str, expected: usize) -> Vec<Message> {
     let subscriber = emulator.target().subscriber().await.unwrap();
     let mut stream = subscriber.subscribe(subscription(sub)).build();
     let mut out = Vec::new();
-    while let Ok(Some(next)) = tokio::time::timeout(idle, stream.next()).await {
+    loop {
+        let wait = if out.len() < expected {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        };
+        let Ok(Some(next)) = tokio::time::timeout(wait, stream.next()).await else {
+            break;
+        };
         let (message, handler) = next.unwrap();
         handler.ack();
         out.push(message);
@@ -276,7 +287,7 @@ async fn push_loop_through_the_real_emulator() {
         );
     }
     let summary = replay_subscription(
-        &bridge_args(&app, &emulator, &dev_dir, "bridge-main", 3),
+        &bridge_args(&app, &emulator, &dev_dir, "bridge-main", Some(3), 30),
         &subscription("bridge-main"),
     )
     .await
@@ -317,7 +328,7 @@ async fn push_loop_through_the_real_emulator() {
     )
     .await;
     let summary = replay_subscription(
-        &bridge_args(&app, &emulator, &dev_dir, "bridge-flaky", 5),
+        &bridge_args(&app, &emulator, &dev_dir, "bridge-flaky", Some(2), 30),
         &subscription("bridge-flaky"),
     )
     .await
@@ -345,7 +356,7 @@ async fn push_loop_through_the_real_emulator() {
     )
     .await;
     let summary = replay_subscription(
-        &bridge_args(&app, &emulator, &dev_dir, "bridge-poison", 3),
+        &bridge_args(&app, &emulator, &dev_dir, "bridge-poison", Some(1), 30),
         &subscription("bridge-poison"),
     )
     .await
@@ -356,7 +367,7 @@ async fn push_loop_through_the_real_emulator() {
         "dead-lettered, then acked: {}",
         summary.report()
     );
-    let dead = drain(&emulator, "dead-main-sub", Duration::from_secs(3)).await;
+    let dead = drain(&emulator, "dead-main-sub", 1).await;
     assert_eq!(
         dead.len(),
         1,
@@ -388,7 +399,7 @@ async fn push_loop_through_the_real_emulator() {
     assert_eq!(runs[0]["message_id"], poison_id);
     // Past the 10 s ack deadline an unacked message would be redelivered.
     let again = replay_subscription(
-        &bridge_args(&app, &emulator, &dev_dir, "bridge-poison", 13),
+        &bridge_args(&app, &emulator, &dev_dir, "bridge-poison", None, 13),
         &subscription("bridge-poison"),
     )
     .await
@@ -438,7 +449,7 @@ async fn push_loop_through_the_real_emulator() {
         204,
         "the redelivery is dead-lettered and acked"
     );
-    let dead = drain(&emulator, "dead-dlfail-sub", Duration::from_secs(3)).await;
+    let dead = drain(&emulator, "dead-dlfail-sub", 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attributes[attr::ERROR_KIND], "payload_not_json");
 
@@ -528,7 +539,7 @@ async fn native_push_is_refused(emulator: &Emulator, app: &TestApp) {
         .send()
         .await
         .unwrap();
-    let left = drain(emulator, "native-push", Duration::from_secs(5)).await;
+    let left = drain(emulator, "native-push", 1).await;
     assert_eq!(left.len(), 1, "never acked: still in Pub/Sub");
     assert_eq!(left[0].data.as_ref(), br#"{"message":"pushed natively"}"#);
 }
