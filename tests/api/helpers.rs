@@ -803,6 +803,9 @@ pub struct PgProxy {
     pub addr: std::net::SocketAddr,
     upstream: String,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// While cut: the port, bound but not listening (connections are
+    /// refused), so nothing else on the machine takes it before `restore`.
+    held: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl PgProxy {
@@ -814,16 +817,27 @@ impl PgProxy {
             addr,
             upstream: pg_addr(),
             tasks: Arc::new(Mutex::new(Vec::new())),
+            held: Mutex::new(None),
         };
         proxy.restore();
         proxy
     }
 
+    fn try_bind(&self) -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.addr)?;
+        Ok(socket)
+    }
+
+    fn bind(&self) -> tokio::net::TcpSocket {
+        self.try_bind().unwrap()
+    }
+
     /// Listens again and forwards new connections.
     pub fn restore(&self) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).unwrap();
+        let held = self.held.lock().unwrap().take();
+        let socket = held.unwrap_or_else(|| self.bind());
         let listener = socket.listen(128).unwrap();
         let upstream = self.upstream.clone();
         let tasks = Arc::clone(&self.tasks);
@@ -847,8 +861,21 @@ impl PgProxy {
         for task in tasks {
             task.abort();
         }
-        // Let the aborted tasks drop their sockets.
+        // Let the aborted tasks drop their sockets, then hold the port (the
+        // listener may take a moment longer to go on a loaded machine).
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut attempts = 0;
+        let socket = loop {
+            match self.try_bind() {
+                Ok(socket) => break socket,
+                Err(_) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot hold the proxy's port {}: {e}", self.addr),
+            }
+        };
+        *self.held.lock().unwrap() = Some(socket);
     }
 }
 
