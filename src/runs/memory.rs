@@ -42,9 +42,9 @@ struct KeyClaim {
 /// With its claim, heap parts and the allocator's overhead a record cost
 /// about 1.8 KB when it held a whole [`RunRecord`], about 1 KB once
 /// compacted (measured as the RSS of 100 against 10,000 and 20,000 records
-/// under push load), and about 0.65 KB since [`Rare`] and [`Runs`]: the
-/// peak RSS of 6 s of pushes (`scripts/bench-ab.sh`) fell from 25.0 to
-/// 21.4 MB with the ledger full.
+/// under push load), and about 0.6 KB since [`Rare`] and [`Runs`]: the
+/// peak RSS of 6 s of pushes (`scripts/bench-ab.sh`, ledger full) fell from
+/// 25,108 to 21,368 KiB (medians of 3 runs each).
 #[derive(Debug)]
 struct Stored {
     job: Arc<str>,
@@ -199,8 +199,8 @@ impl Shared {
 /// Not a `BTreeMap`: run ids are UUIDv7 taken just before the insert, so
 /// nearly every insert lands at the back (or a few places from it) and the
 /// oldest leave from the front. A B-tree fed in order leaves its nodes about
-/// half full; 10,000 records of 316 bytes held 5.9 MB in a `BTreeMap` and
-/// 3.1 MB in a deque (measured, RSS). The deque grows to at most one past the
+/// half full; 10,000 records of 316 bytes held 5,860 KiB in a `BTreeMap`
+/// and 3,132 KiB in a deque (measured, RSS). The deque grows to at most one past the
 /// count bound, never to the next power of two.
 #[derive(Debug)]
 struct Runs {
@@ -657,6 +657,7 @@ mod tests {
         let listed: Vec<Uuid> = page.runs.iter().map(|r| r.run_id).collect();
         assert_eq!(listed, vec![ids[4], ids[3], ids[2]]);
     }
+
     #[test]
     fn runs_stay_sorted_and_within_one_past_the_bound() {
         let store = MemoryStore::new(settings(Duration::from_secs(60), 100));
