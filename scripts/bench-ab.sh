@@ -5,6 +5,8 @@
 # wrapped pushes of the echo job, each with its own message id, with one dev
 # Google token. Prints per run: req/s, p99, the worker's CPU per request
 # (utime+stime from /proc/PID/stat over the requests served) and its peak RSS.
+# The worker's stdout goes to /dev/null, or with STDOUT=pipe to a pipe that
+# `cat` drains, as a platform's log collector reads it.
 #
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY [PAIRS] [ENV=VALUE ...]
 #
@@ -33,7 +35,11 @@ LUA
 one() {
   local bin=$1; shift
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >/dev/null 2>&1 &
+  if [ "${STDOUT:-null}" = pipe ]; then
+    env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev 2>/dev/null > >(cat >/dev/null) &
+  else
+    env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >/dev/null 2>&1 &
+  fi
   local pid=$!
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
   TOKEN=$("$bin" dev-token --dev-dir "$work/dev" google 2>/dev/null); export TOKEN

@@ -3,10 +3,18 @@
 
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = pushworker::cli::Cli::parse();
-    match pushworker::cli::run(cli).await {
+    let result = match pushworker::startup::runtime() {
+        Ok(runtime) => {
+            let result = runtime.block_on(pushworker::cli::run(cli));
+            // Its workers write the log lines they hold as they stop.
+            runtime.shutdown_timeout(pushworker::startup::RUNTIME_STOP);
+            result
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // Start-up errors name the variable and what to fix; print the

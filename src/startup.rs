@@ -39,6 +39,22 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The runtime the binary runs on: tokio's multi-threaded scheduler, one
+/// worker per core, whose workers write their log lines in batches when they
+/// go idle and when they stop ([`crate::telemetry::flush_worker`]).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(crate::telemetry::flush_worker)
+        .on_thread_stop(crate::telemetry::flush_worker)
+        .build()
+}
+
+/// How long the binary waits, once `main`'s future is done, for the
+/// runtime's threads to stop (a blocking task that never returns must not
+/// keep the process alive).
+pub const RUNTIME_STOP: Duration = Duration::from_secs(2);
+
 /// The HTTP client shared by key fetches and jobs.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
