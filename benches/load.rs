@@ -14,7 +14,9 @@
 //! - the baseline route, served by this process;
 //! - the real `pushworker serve` release binary as a child process, configured
 //!   as in production: real verifiers over the key server, the in-memory run
-//!   ledger, JSON logs (to /dev/null), default cache settings;
+//!   ledger, JSON logs on a pipe that this process drains and counts, as a
+//!   platform's log collector reads a container's stdout (every answered
+//!   request must have written its line), default cache settings;
 //! - load from `wrk` (Debian's package), `--connections` connections, fixed
 //!   duration per scenario, a Lua script generated here that gives every push
 //!   its own message id (so the ledger runs each one, as Pub/Sub's would).
@@ -46,7 +48,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -177,13 +179,15 @@ struct Worker {
     child: Child,
     port: u16,
     started: Instant,
+    /// Lines the worker has written to stdout so far.
+    log_lines: Arc<AtomicU64>,
 }
 
 impl Worker {
     fn spawn(keys: SocketAddr) -> Result<Self> {
         let port = free_port()?;
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_pushworker"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushworker"))
             .arg("serve")
             .env_clear()
             .env("HOST", "127.0.0.1")
@@ -197,14 +201,26 @@ impl Worker {
             .env("GOOGLE_CLOUD_PROJECT", "bench-project")
             .env("LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting target/release/pushworker")?;
+        let log_lines = Arc::new(AtomicU64::new(0));
+        let mut stdout = child.stdout.take().context("the worker's stdout")?;
+        let lines = log_lines.clone();
+        // Drains the pipe as a log collector would, in large reads.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                lines.fetch_add(newlines as u64, Ordering::Relaxed);
+            }
+        });
         Ok(Self {
             child,
             port,
             started,
+            log_lines,
         })
     }
 
@@ -422,6 +438,9 @@ struct WrkRun {
     /// `measured`): the worker, or this process for the baseline.
     #[serde(skip)]
     server_cpu_secs: f64,
+    /// Log lines the worker wrote during the run (set by `measured`).
+    #[serde(skip)]
+    log_lines: Option<u64>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -655,13 +674,19 @@ impl Bench {
         });
         // The baseline is served by this process (the key server idles).
         let server = worker.map_or(std::process::id(), |w| w.child.id());
+        let lines = || worker.map(|w| w.log_lines.load(Ordering::Relaxed));
+        let lines_before = lines();
         let cpu_before = proc_cpu_secs(server)?;
         let run = self.wrk(load, self.opts.duration);
         let cpu_after = proc_cpu_secs(server)?;
+        // Lines a worker still held are written once it goes idle.
+        std::thread::sleep(Duration::from_millis(200));
+        let lines_after = lines();
         stop.store(true, Ordering::SeqCst);
         let rss = sampler.map(|s| s.join().unwrap_or(0)).unwrap_or_default();
         let mut run = run?;
         run.server_cpu_secs = cpu_after - cpu_before;
+        run.log_lines = lines_after.zip(lines_before).map(|(a, b)| a - b);
         Ok((run, rss))
     }
 
@@ -1051,6 +1076,16 @@ impl Report<'_> {
             );
         }
         for s in &self.scenarios {
+            // Each answer writes one request line (in-flight ones at the
+            // ends add a few): fewer means lines were lost.
+            let lines = s.run.log_lines.unwrap_or(0);
+            ensure!(
+                lines >= s.run.requests,
+                "{}: {} requests answered but {} log lines written",
+                s.name,
+                s.run.requests,
+                lines
+            );
             ensure!(
                 s.run.socket_errors() == 0,
                 "{}: socket errors {:?}",
@@ -1232,6 +1267,7 @@ impl Report<'_> {
                 v["key_fetches"] = json!(s.key_fetches);
                 v["key_fetch_limit"] = json!(s.key_fetch_limit);
                 v["rss_max_mb"] = json!(round(mb(s.rss_max_kib), 1));
+                v["log_lines"] = json!(s.run.log_lines);
                 if !s.run.statuses.is_empty() {
                     v["statuses"] = json!(s.run.statuses);
                 }
