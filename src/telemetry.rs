@@ -443,7 +443,7 @@ const BATCH_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 /// Why: on a platform, stdout is a pipe to a log collector, and one `write`
 /// per line woke the collector once per request: pushes with stdout on a
 /// drained pipe ran at 25.4k/s, 47 µs of CPU each, against 30.3k/s, 41 µs,
-/// once written in batches (`STDOUT=pipe scripts/bench-ab.sh`, 3 pairs;
+/// once written in batches (means of 3 pairs, `STDOUT=pipe scripts/bench-ab.sh`;
 /// on /dev/null the two do not differ). A runtime worker thread (one the
 /// runtime has parked at least once, see [`flush_worker`]) keeps its `info`
 /// and `debug` lines here and writes them in one call when it goes idle,
