@@ -35,11 +35,9 @@ LUA
 one() {
   local bin=$1; shift
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  if [ "${STDOUT:-null}" = pipe ]; then
-    env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev 2>/dev/null > >(cat >/dev/null) &
-  else
-    env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >/dev/null 2>&1 &
-  fi
+  if [ "${STDOUT:-null}" = pipe ]; then exec 3> >(cat >/dev/null); else exec 3>/dev/null; fi
+  env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >&3 2>/dev/null &
+  exec 3>&-
   local pid=$!
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
   TOKEN=$("$bin" dev-token --dev-dir "$work/dev" google 2>/dev/null); export TOKEN
