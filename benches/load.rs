@@ -6,7 +6,11 @@
 //! bare axum route answering 204 (same framework and HTTP stack, no auth, no
 //! work), in the same run, turns every figure into a ratio that survives a
 //! noisy machine. The baseline is measured before and after the scenarios and
-//! the ratios use the mean of the two.
+//! the ratios use the mean of the two. A run is reported **unsteady** when
+//! the two baselines are more than 10 % apart or the hypervisor took more
+//! than 3 % of the machine's CPU time (`steal` in `/proc/stat`) during a
+//! timed run: on a shared VM a neighbour's load can halve the baseline for a
+//! minute, and ratios from that minute mean little.
 //!
 //! What runs, all on loopback:
 //! - a key server (JWKS for a Google-like and a Clerk-like issuer, real RSA
@@ -291,6 +295,25 @@ fn proc_cpu_secs(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// The machine's CPU time so far, in ticks: `(steal, total)` from the `cpu`
+/// line of `/proc/stat`.
+fn machine_cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest
+    // time is already counted in user.
+    let total = ticks.iter().take(8).sum();
+    Ok((ticks.get(7).copied().unwrap_or(0), total))
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -441,6 +464,10 @@ struct WrkRun {
     /// Log lines the worker wrote during the run (set by `measured`).
     #[serde(skip)]
     log_lines: Option<u64>,
+    /// Share of the machine's CPU time the hypervisor gave to others during
+    /// the run (`steal` in `/proc/stat`, set by `measured`), in percent.
+    #[serde(skip)]
+    steal_pct: f64,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -677,7 +704,9 @@ impl Bench {
         let lines = || worker.map(|w| w.log_lines.load(Ordering::Relaxed));
         let lines_before = lines();
         let cpu_before = proc_cpu_secs(server)?;
+        let machine_before = machine_cpu_ticks()?;
         let run = self.wrk(load, self.opts.duration);
+        let machine_after = machine_cpu_ticks()?;
         let cpu_after = proc_cpu_secs(server)?;
         // Lines a worker still held are written once it goes idle.
         std::thread::sleep(Duration::from_millis(200));
@@ -687,6 +716,11 @@ impl Bench {
         let mut run = run?;
         run.server_cpu_secs = cpu_after - cpu_before;
         run.log_lines = lines_after.zip(lines_before).map(|(a, b)| a - b);
+        let (steal, total) = (
+            machine_after.0 - machine_before.0,
+            machine_after.1 - machine_before.1,
+        );
+        run.steal_pct = 100.0 * steal as f64 / total.max(1) as f64;
         Ok((run, rss))
     }
 
@@ -1038,6 +1072,19 @@ struct Report<'a> {
     large: Large,
 }
 
+/// Baselines further apart than this (percent of their mean) mark the run
+/// unsteady.
+const MAX_BASELINE_DRIFT_PCT: f64 = 10.0;
+/// CPU steal above this (percent of the machine's time) in any timed run
+/// marks the run unsteady.
+const MAX_STEAL_PCT: f64 = 3.0;
+
+struct Steadiness {
+    drift_pct: f64,
+    steal_pct_max: f64,
+    steady: bool,
+}
+
 struct Target {
     what: &'static str,
     target: String,
@@ -1056,6 +1103,26 @@ impl Report<'_> {
 
     fn ratio(&self, s: &Scenario) -> f64 {
         s.run.rps() / self.baseline_rps()
+    }
+
+    /// Whether the machine held still: the two baselines (one before the
+    /// scenarios, one after) should agree, and the hypervisor should not have
+    /// taken much CPU time away. A ratio from an unsteady run says more about
+    /// the neighbours than about the worker.
+    fn steadiness(&self) -> Steadiness {
+        let [a, b] = [self.baseline[0].rps(), self.baseline[1].rps()];
+        let drift_pct = 100.0 * (a - b).abs() / self.baseline_rps().max(1.0);
+        let steal_pct_max = self
+            .baseline
+            .iter()
+            .chain(self.scenarios.iter().map(|s| &s.run))
+            .map(|r| r.steal_pct)
+            .fold(0.0, f64::max);
+        Steadiness {
+            drift_pct,
+            steal_pct_max,
+            steady: drift_pct <= MAX_BASELINE_DRIFT_PCT && steal_pct_max <= MAX_STEAL_PCT,
+        }
     }
 
     fn rss_load_kib(&self) -> u64 {
@@ -1230,6 +1297,19 @@ impl Report<'_> {
             o.connections,
             o.duration
         );
+        let st = self.steadiness();
+        println!(
+            "steadiness: baselines {:.0} / {:.0} req/s ({:.1} % apart, at most {MAX_BASELINE_DRIFT_PCT} %), CPU steal at most {:.1} % in a timed run (at most {MAX_STEAL_PCT} %): {}",
+            self.baseline[0].rps(),
+            self.baseline[1].rps(),
+            st.drift_pct,
+            st.steal_pct_max,
+            if st.steady {
+                "steady"
+            } else {
+                "UNSTEADY, the machine was busy: run again before reading the ratios"
+            }
+        );
         println!("\n| target | wanted | measured | |\n|---|---|---|---|");
         for t in self.targets() {
             println!(
@@ -1243,6 +1323,7 @@ impl Report<'_> {
     }
 
     fn json(&self) -> Value {
+        let st = self.steadiness();
         let run = |r: &WrkRun| {
             json!({
                 "requests": r.requests,
@@ -1254,6 +1335,7 @@ impl Report<'_> {
                 "mean_ms": round(r.latency_us.mean / 1e3, 3),
                 "non_2xx": r.errors.status,
                 "server_cpu_us_per_request": round(r.cpu_us_per_request(), 1),
+                "cpu_steal_pct": round(r.steal_pct, 1),
             })
         };
         let scenarios: Vec<Value> = self
@@ -1294,6 +1376,13 @@ impl Report<'_> {
                 "req_per_s_mean": round(self.baseline_rps(), 0),
             },
             "scenarios": scenarios,
+            "steadiness": {
+                "baseline_drift_pct": round(st.drift_pct, 1),
+                "baseline_drift_max_pct": MAX_BASELINE_DRIFT_PCT,
+                "cpu_steal_pct_max": round(st.steal_pct_max, 1),
+                "cpu_steal_max_pct": MAX_STEAL_PCT,
+                "steady": st.steady,
+            },
             "large_message": {
                 "data_bytes": l.bytes,
                 "request_bytes": l.body_bytes,
