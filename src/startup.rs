@@ -131,7 +131,7 @@ impl Application {
                 jobs: Arc::new(jobs),
                 dead_letter,
                 runs,
-                stop: tokio_util::sync::CancellationToken::new(),
+                stop: Arc::new(tokio_util::sync::CancellationToken::new()),
             },
         })
     }

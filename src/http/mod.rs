@@ -57,7 +57,12 @@ pub struct AppState {
     pub runs: Arc<dyn RunStore>,
     /// Cancelled when the shutdown grace period is over: every job still
     /// running is cancelled and its request answered 503 (a nack).
-    pub stop: CancellationToken,
+    ///
+    /// Behind an `Arc`: cloning or dropping a `CancellationToken` locks the
+    /// mutex of its token tree, and the state is cloned for every request
+    /// (by each extractor and the handler), so on two threads those clones
+    /// contended for one lock.
+    pub stop: Arc<CancellationToken>,
 }
 
 impl AppState {
@@ -66,7 +71,7 @@ impl AppState {
         Runner::new(
             Arc::clone(&self.runs),
             Arc::clone(&self.jobs),
-            self.stop.clone(),
+            Arc::clone(&self.stop),
             RunLimits {
                 job_timeout: self.config.job_timeout,
                 payload_cap: self.config.runs.payload_cap,

@@ -206,7 +206,7 @@ async fn finish_with_retry(
 pub struct Runner {
     store: Arc<dyn RunStore>,
     jobs: Arc<JobRegistry>,
-    stop: CancellationToken,
+    stop: Arc<CancellationToken>,
     limits: RunLimits,
 }
 
@@ -215,7 +215,7 @@ impl Runner {
     pub fn new(
         store: Arc<dyn RunStore>,
         jobs: Arc<JobRegistry>,
-        stop: CancellationToken,
+        stop: Arc<CancellationToken>,
         limits: RunLimits,
     ) -> Self {
         Self {
@@ -290,9 +290,14 @@ impl Runner {
         }
 
         // The request going away, or the end of the shutdown grace period,
-        // cancels the job; the task still records how the job ended.
-        let cancel = self.stop.child_token();
+        // cancels the job; the task still records how the job ended. The
+        // run's token is a tree of its own, not a child of `stop`: creating
+        // and dropping a child locks the parent's mutex, which every request
+        // on every thread would contend for. The task watches `stop` instead,
+        // and only while the job is pending.
+        let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
+        let stop = Arc::clone(&self.stop);
         let ctx = JobContext {
             run_id,
             source: request.source,
@@ -309,7 +314,19 @@ impl Runner {
         let task = tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let result = jobs.dispatch(&job, payload, ctx, limits.job_timeout).await;
+                let cancel = ctx.cancel.clone();
+                let dispatch = jobs.dispatch(&job, payload, ctx, limits.job_timeout);
+                tokio::pin!(dispatch);
+                let result = tokio::select! {
+                    // The job first: one that finishes at once never looks
+                    // at `stop`.
+                    biased;
+                    result = &mut dispatch => result,
+                    () = stop.cancelled() => {
+                        cancel.cancel();
+                        dispatch.await
+                    }
+                };
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let (result, finish) = finish_for(result, duration_ms, limits.output_cap);
                 let recorded = finish_with_retry(&*store, run_id, finish).await;
