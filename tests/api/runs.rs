@@ -184,6 +184,59 @@ async fn memory_an_expired_lease_lets_a_redelivery_run() {
     assert!(runs[2]["finished_at"].is_string());
 }
 
+/// A caller that leaves mid-run (its connection closed, as when Pub/Sub's
+/// push deadline passes) cancels the job through the run's token: the job
+/// stops long before its own end, and the run's end is still recorded, as a
+/// transient failure, so the message is run again on redelivery.
+#[tokio::test]
+async fn memory_a_caller_that_leaves_cancels_its_job_and_the_end_is_recorded() {
+    let app = spawn_app_with(Options {
+        job_timeout: Duration::from_secs(60),
+        ..Options::default()
+    })
+    .await;
+    let body = envelope(br#"{"millis": 30000}"#, &[("job", "sleep")], "m-left").to_string();
+    let request = push_task(&app, body.clone());
+    let start = Instant::now();
+    while with_status(&app.all_runs("job=sleep").await, "running").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "no run started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    request.abort();
+    let left = Instant::now();
+    let run = loop {
+        let runs = app.all_runs("job=sleep").await;
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        if runs[0]["status"] != "running" {
+            break runs[0].clone();
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the job was not cancelled when its caller left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(run["status"], "failed_transient", "{run:?}");
+    assert_eq!(
+        run["error"], "job failed (transient): cancelled before the wait was over",
+        "{run:?}"
+    );
+    assert_eq!(run["error_kind"], "job_failed_transient");
+    assert!(run["finished_at"].is_string());
+    assert!(
+        run["duration_ms"].as_u64().unwrap() < 10_000,
+        "stopped early: {run:?}"
+    );
+
+    // Not a success: the redelivery runs the job again (briefly this time).
+    let again = envelope(br#"{"millis": 10}"#, &[("job", "sleep")], "m-left").to_string();
+    let response = app.push(&google_token(), again).await;
+    assert_eq!(response.status(), 204, "the redelivery runs");
+    let runs = app.all_runs("job=sleep").await;
+    assert_eq!(with_status(&runs, "succeeded").len(), 1, "{runs:?}");
+}
+
 /// A real instance killed mid-run (SIGKILL of the `pushworker` binary, on a
 /// shared database): its message is blocked only until its lease expires,
 /// then a redelivery to another instance runs the job.
