@@ -196,7 +196,7 @@ async fn memory_a_caller_that_leaves_cancels_its_job_and_the_end_is_recorded() {
     })
     .await;
     let body = envelope(br#"{"millis": 30000}"#, &[("job", "sleep")], "m-left").to_string();
-    let request = push_task(&app, body.clone());
+    let request = push_task(&app, body);
     let start = Instant::now();
     while with_status(&app.all_runs("job=sleep").await, "running").is_empty() {
         assert!(start.elapsed() < Duration::from_secs(5), "no run started");
