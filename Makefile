@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 PORT ?= 8080
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: run test e2e lint fmt dev-token-google dev-token-clerk
 
@@ -9,10 +10,13 @@ PORT ?= 8080
 run:
 	PORT=$(PORT) $(CARGO) run --bin pushworker -- serve --dev
 
-## test: every test (unit, integration against real servers on loopback)
+## test: every test (unit, integration against real servers on loopback), then
+## the runtime-image check on the debug binary the tests built (it links the
+## same libraries and glibc symbols as the release one; `make image-check`
+## checks the release binary, at the cost of a release build)
 test:
 	$(CARGO) test --all-targets --no-fail-fast
-	$(MAKE) image-check
+	scripts/check-runtime-image.sh $(TARGET_DIR)/debug/pushworker
 
 ## e2e: only the admin page's browser tests (needs: apt-get install chromium chromium-driver);
 ## screenshots land in target/admin-screenshots/
@@ -65,10 +69,10 @@ docker:
 
 ## image-check: release build, then check the binary against the runtime image
 ## (libraries distroless/cc provides; starts with an empty env; SIGTERM exits 0);
-## part of `make test`
+## `make test` runs the same check on its debug binary
 image-check:
 	$(CARGO) build --release --bin pushworker
-	scripts/check-runtime-image.sh target/release/pushworker
+	scripts/check-runtime-image.sh $(TARGET_DIR)/release/pushworker
 
 # --- The local Pub/Sub loop (the real emulator that ships with gcloud) -------
 EMULATOR_PORT ?= 8085
