@@ -5,12 +5,16 @@
 //! swing by tens of percent from one run to the next. The same load against a
 //! bare axum route answering 204 (same framework and HTTP stack, no auth, no
 //! work), in the same run, turns every figure into a ratio that survives a
-//! noisy machine. The baseline is measured before and after the scenarios and
-//! the ratios use the mean of the two. A run is reported **unsteady** when
-//! the two baselines are more than 10 % apart or the hypervisor took more
-//! than 3 % of the machine's CPU time (`steal` in `/proc/stat`) during a
-//! timed run: on a shared VM a neighbour's load can halve the baseline for a
-//! minute, and ratios from that minute mean little.
+//! noisy machine. The baseline is measured right before each of scenarios
+//! 1–4 and once after the last, and each scenario's ratio uses the mean of
+//! the two baseline runs around it: a machine's speed drifts over the
+//! minutes a whole run takes (minting scenario 2's tokens alone takes one to
+//! three), and a ratio to a baseline measured minutes away carries that
+//! drift. A run is reported **unsteady** when the two baselines around any
+//! scenario are more than 10 % apart or the hypervisor took more than 3 % of
+//! the machine's CPU time (`steal` in `/proc/stat`) during a timed run: on a
+//! shared VM a neighbour's load can halve the baseline for a minute, and
+//! ratios from that minute mean little.
 //!
 //! What runs, all on loopback:
 //! - a key server (JWKS for a Google-like and a Clerk-like issuer, real RSA
@@ -551,6 +555,9 @@ struct Scenario {
     key_fetch_limit: usize,
     rss_max_kib: u64,
     note: String,
+    /// The baseline runs measured right before and right after it (indices
+    /// into the report's baselines).
+    baselines: [usize; 2],
 }
 
 impl Bench {
@@ -823,10 +830,18 @@ impl Bench {
         // Warm both servers (connections, allocator, caches) before timing.
         self.wrk(&push(baseline_base.clone(), &one_token), WARMUP_SECS)?;
         self.wrk(&push(worker.base(), &one_token), WARMUP_SECS)?;
-        let (baseline_a, _) = self.measured(&push(baseline_base.clone(), &one_token), None)?;
-        println!("baseline (before): {:.0} req/s", baseline_a.rps());
+        // A baseline run, by its index: one before each scenario, one after
+        // the last (see the module docs).
+        let mut baselines: Vec<WrkRun> = Vec::new();
+        let mut baseline = || -> Result<usize> {
+            let (run, _) = self.measured(&push(baseline_base.clone(), &one_token), None)?;
+            println!("baseline {}: {:.0} req/s", baselines.len() + 1, run.rps());
+            baselines.push(run);
+            Ok(baselines.len() - 1)
+        };
 
         let mut scenarios = Vec::new();
+        let before = baseline()?;
         let fetches = self.keys.fetches();
         let (run, rss) = self.measured(&push(worker.base(), &one_token), Some(&worker))?;
         scenarios.push(Scenario {
@@ -837,6 +852,7 @@ impl Bench {
             rss_max_kib: rss,
             note: String::new(),
             run,
+            baselines: [before, baseline()?],
         });
         println!("scenario 1: {:.0} req/s", scenarios[0].run.rps());
 
@@ -849,6 +865,7 @@ impl Bench {
             "minted {needed} distinct tokens in {:.1}s",
             t.elapsed().as_secs_f64()
         );
+        let before = baseline()?;
         let fetches = self.keys.fetches();
         let (run, rss) = self.measured(&push(worker.base(), &distinct), Some(&worker))?;
         let note = if run.wraps > 0 {
@@ -864,6 +881,8 @@ impl Bench {
             rss_max_kib: rss,
             note,
             run,
+            // The next one, after scenario 3's warm-up.
+            baselines: [before, before + 1],
         });
         println!("scenario 2: {:.0} req/s", scenarios[1].run.rps());
 
@@ -878,6 +897,7 @@ impl Bench {
             count_statuses: false,
         };
         self.wrk(&jobs, WARMUP_SECS)?;
+        let before = baseline()?;
         let fetches = self.keys.fetches();
         let (run, rss) = self.measured(&jobs, Some(&worker))?;
         scenarios.push(Scenario {
@@ -888,6 +908,7 @@ impl Bench {
             rss_max_kib: rss,
             note: String::new(),
             run,
+            baselines: [before, before + 1],
         });
         println!("scenario 3: {:.0} req/s", scenarios[2].run.rps());
 
@@ -897,6 +918,7 @@ impl Bench {
             count_statuses: true,
             ..push(worker.base(), &one_token)
         };
+        let before = baseline()?;
         let fetches = self.keys.fetches();
         let (run, rss) = self.measured(&mix, Some(&worker))?;
         let refused = run.statuses.get("401").copied().unwrap_or(0);
@@ -912,17 +934,16 @@ impl Bench {
                 100.0 * refused as f64 / answered.max(1) as f64
             ),
             run,
+            baselines: [before, before + 1],
         });
         println!("scenario 4: {:.0} req/s", scenarios[3].run.rps());
-
-        let (baseline_b, _) = self.measured(&push(baseline_base, &one_token), None)?;
-        println!("baseline (after): {:.0} req/s", baseline_b.rps());
+        baseline()?;
         drop(worker);
 
         let large = self.large_message()?;
         let report = Report {
             opts: o,
-            baseline: [baseline_a, baseline_b],
+            baselines,
             scenarios,
             cold,
             idle_kib,
@@ -1065,21 +1086,24 @@ struct Large {
 
 struct Report<'a> {
     opts: &'a Options,
-    baseline: [WrkRun; 2],
+    /// In the order measured: before scenario 1, after it, then before each
+    /// of 2–4, and after 4.
+    baselines: Vec<WrkRun>,
     scenarios: Vec<Scenario>,
     cold: ColdStart,
     idle_kib: u64,
     large: Large,
 }
 
-/// Baselines further apart than this (percent of their mean) mark the run
-/// unsteady.
+/// Two baselines around a scenario further apart than this (percent of
+/// their mean) mark the run unsteady.
 const MAX_BASELINE_DRIFT_PCT: f64 = 10.0;
 /// CPU steal above this (percent of the machine's time) in any timed run
 /// marks the run unsteady.
 const MAX_STEAL_PCT: f64 = 3.0;
 
 struct Steadiness {
+    /// The largest gap between the two baselines around a scenario.
     drift_pct: f64,
     steal_pct_max: f64,
     steady: bool,
@@ -1097,23 +1121,41 @@ fn mb(kib: u64) -> f64 {
 }
 
 impl Report<'_> {
-    fn baseline_rps(&self) -> f64 {
-        (self.baseline[0].rps() + self.baseline[1].rps()) / 2.0
+    /// The mean of every baseline run's req/s, and the slowest and fastest.
+    fn baseline_summary(&self) -> (f64, f64, f64) {
+        let rps: Vec<f64> = self.baselines.iter().map(WrkRun::rps).collect();
+        let mean = rps.iter().sum::<f64>() / rps.len().max(1) as f64;
+        let min = rps.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = rps.iter().copied().fold(0.0, f64::max);
+        (mean, min, max)
+    }
+
+    /// The baseline a scenario is compared with: the mean of the runs just
+    /// before and just after it.
+    fn baseline_rps(&self, s: &Scenario) -> f64 {
+        let [a, b] = s.baselines.map(|i| self.baselines[i].rps());
+        (a + b) / 2.0
     }
 
     fn ratio(&self, s: &Scenario) -> f64 {
-        s.run.rps() / self.baseline_rps()
+        s.run.rps() / self.baseline_rps(s)
     }
 
-    /// Whether the machine held still: the two baselines (one before the
-    /// scenarios, one after) should agree, and the hypervisor should not have
-    /// taken much CPU time away. A ratio from an unsteady run says more about
-    /// the neighbours than about the worker.
+    /// Whether the machine held still: the two baselines around each
+    /// scenario should agree, and the hypervisor should not have taken much
+    /// CPU time away. A ratio from an unsteady run says more about the
+    /// neighbours than about the worker.
     fn steadiness(&self) -> Steadiness {
-        let [a, b] = [self.baseline[0].rps(), self.baseline[1].rps()];
-        let drift_pct = 100.0 * (a - b).abs() / self.baseline_rps().max(1.0);
+        let drift_pct = self
+            .scenarios
+            .iter()
+            .map(|s| {
+                let [a, b] = s.baselines.map(|i| self.baselines[i].rps());
+                100.0 * (a - b).abs() / self.baseline_rps(s).max(1.0)
+            })
+            .fold(0.0, f64::max);
         let steal_pct_max = self
-            .baseline
+            .baselines
             .iter()
             .chain(self.scenarios.iter().map(|s| &s.run))
             .map(|r| r.steal_pct)
@@ -1135,10 +1177,11 @@ impl Report<'_> {
 
     /// A run whose answers were not the designed ones is not a benchmark.
     fn check_statuses(&self) -> Result<()> {
-        for (i, b) in self.baseline.iter().enumerate() {
+        for (i, b) in self.baselines.iter().enumerate() {
             ensure!(
                 b.errors.status == 0 && b.socket_errors() == 0,
-                "baseline run {i} had errors: {:?}",
+                "baseline run {} had errors: {:?}",
+                i + 1,
                 b.errors
             );
         }
@@ -1247,13 +1290,13 @@ impl Report<'_> {
     fn print(&self) {
         let o = self.opts;
         println!(
-            "\n| scenario | req/s | p50 ms | p99 ms | × baseline | server CPU µs/req | key fetches | notes |"
+            "\n| scenario | req/s | p50 ms | p99 ms | baseline req/s | × baseline | server CPU µs/req | key fetches | notes |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---|");
-        for (i, b) in self.baseline.iter().enumerate() {
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (i, b) in self.baselines.iter().enumerate() {
             println!(
-                "| baseline ({}) | {:.0} | {:.2} | {:.2} | 1.00 | {:.1} | – | bare axum route, 204 |",
-                if i == 0 { "before" } else { "after" },
+                "| baseline {} | {:.0} | {:.2} | {:.2} | – | 1.00 | {:.1} | – | bare axum route, 204 |",
+                i + 1,
                 b.rps(),
                 b.latency_us.p50 as f64 / 1e3,
                 b.latency_us.p99 as f64 / 1e3,
@@ -1262,11 +1305,14 @@ impl Report<'_> {
         }
         for s in &self.scenarios {
             println!(
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.0} ({} and {}) | {:.2} | {:.1} | {} | {} |",
                 s.name,
                 s.run.rps(),
                 s.run.latency_us.p50 as f64 / 1e3,
                 s.run.latency_us.p99 as f64 / 1e3,
+                self.baseline_rps(s),
+                s.baselines[0] + 1,
+                s.baselines[1] + 1,
                 self.ratio(s),
                 s.run.cpu_us_per_request(),
                 s.key_fetches,
@@ -1275,7 +1321,7 @@ impl Report<'_> {
         }
         let l = &self.large;
         println!(
-            "| 5 one 10 MB message | – | – | – | – | – | 0 | acked in {:.0} ms; RSS {:.1} MB idle → peak {:.1} MB ({:.2}× the message), {:.1} MB after |",
+            "| 5 one 10 MB message | – | – | – | – | – | – | 0 | acked in {:.0} ms; RSS {:.1} MB idle → peak {:.1} MB ({:.2}× the message), {:.1} MB after |",
             l.ack_ms,
             mb(l.idle_kib),
             mb(l.peak_kib),
@@ -1298,11 +1344,11 @@ impl Report<'_> {
             o.duration
         );
         let st = self.steadiness();
+        let (_, min, max) = self.baseline_summary();
         println!(
-            "steadiness: baselines {:.0} / {:.0} req/s ({:.1} % apart, at most {MAX_BASELINE_DRIFT_PCT} %), CPU steal at most {:.1} % in a timed run (at most {MAX_STEAL_PCT} %): {}",
-            self.baseline[0].rps(),
-            self.baseline[1].rps(),
+            "steadiness: the two baselines around a scenario at most {:.1} % apart (at most {MAX_BASELINE_DRIFT_PCT} %; all {} runs {min:.0} to {max:.0} req/s), CPU steal at most {:.1} % in a timed run (at most {MAX_STEAL_PCT} %): {}",
             st.drift_pct,
+            self.baselines.len(),
             st.steal_pct_max,
             if st.steady {
                 "steady"
@@ -1324,6 +1370,7 @@ impl Report<'_> {
 
     fn json(&self) -> Value {
         let st = self.steadiness();
+        let (mean, min, max) = self.baseline_summary();
         let run = |r: &WrkRun| {
             json!({
                 "requests": r.requests,
@@ -1345,6 +1392,8 @@ impl Report<'_> {
                 let mut v = run(&s.run);
                 v["name"] = json!(s.name);
                 v["what"] = json!(s.what);
+                v["baseline_req_per_s"] = json!(round(self.baseline_rps(s), 0));
+                v["baseline_runs"] = json!(s.baselines.map(|i| i + 1));
                 v["ratio_to_baseline"] = json!(round(self.ratio(s), 3));
                 v["key_fetches"] = json!(s.key_fetches);
                 v["key_fetch_limit"] = json!(s.key_fetch_limit);
@@ -1371,9 +1420,10 @@ impl Report<'_> {
                 "seconds_per_scenario": self.opts.duration,
             },
             "baseline": {
-                "before": run(&self.baseline[0]),
-                "after": run(&self.baseline[1]),
-                "req_per_s_mean": round(self.baseline_rps(), 0),
+                "runs": self.baselines.iter().map(run).collect::<Vec<_>>(),
+                "req_per_s_mean": round(mean, 0),
+                "req_per_s_min": round(min, 0),
+                "req_per_s_max": round(max, 0),
             },
             "scenarios": scenarios,
             "steadiness": {
