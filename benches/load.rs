@@ -555,9 +555,9 @@ struct Scenario {
     key_fetch_limit: usize,
     rss_max_kib: u64,
     note: String,
-    /// The baseline runs measured right before and right after it (indices
-    /// into the report's baselines).
-    baselines: [usize; 2],
+    /// The baseline run measured right before it (an index into the
+    /// report's baselines); the next one was measured right after it.
+    baseline_before: usize,
 }
 
 impl Bench {
@@ -852,9 +852,10 @@ impl Bench {
             rss_max_kib: rss,
             note: String::new(),
             run,
-            baselines: [before, baseline()?],
+            baseline_before: before,
         });
         println!("scenario 1: {:.0} req/s", scenarios[0].run.rps());
+        baseline()?;
 
         // Enough distinct tokens for scenario 1's pace and then some: a
         // scenario that reuses one is reported as invalid.
@@ -881,8 +882,7 @@ impl Bench {
             rss_max_kib: rss,
             note,
             run,
-            // The next one, after scenario 3's warm-up.
-            baselines: [before, before + 1],
+            baseline_before: before,
         });
         println!("scenario 2: {:.0} req/s", scenarios[1].run.rps());
 
@@ -908,7 +908,7 @@ impl Bench {
             rss_max_kib: rss,
             note: String::new(),
             run,
-            baselines: [before, before + 1],
+            baseline_before: before,
         });
         println!("scenario 3: {:.0} req/s", scenarios[2].run.rps());
 
@@ -934,7 +934,7 @@ impl Bench {
                 100.0 * refused as f64 / answered.max(1) as f64
             ),
             run,
-            baselines: [before, before + 1],
+            baseline_before: before,
         });
         println!("scenario 4: {:.0} req/s", scenarios[3].run.rps());
         baseline()?;
@@ -1130,10 +1130,15 @@ impl Report<'_> {
         (mean, min, max)
     }
 
-    /// The baseline a scenario is compared with: the mean of the runs just
-    /// before and just after it.
+    /// The req/s of the baseline runs just before and just after `s`.
+    fn around(&self, s: &Scenario) -> [f64; 2] {
+        [s.baseline_before, s.baseline_before + 1].map(|i| self.baselines[i].rps())
+    }
+
+    /// The baseline a scenario is compared with: the mean of the two runs
+    /// around it.
     fn baseline_rps(&self, s: &Scenario) -> f64 {
-        let [a, b] = s.baselines.map(|i| self.baselines[i].rps());
+        let [a, b] = self.around(s);
         (a + b) / 2.0
     }
 
@@ -1150,7 +1155,7 @@ impl Report<'_> {
             .scenarios
             .iter()
             .map(|s| {
-                let [a, b] = s.baselines.map(|i| self.baselines[i].rps());
+                let [a, b] = self.around(s);
                 100.0 * (a - b).abs() / self.baseline_rps(s).max(1.0)
             })
             .fold(0.0, f64::max);
@@ -1311,8 +1316,8 @@ impl Report<'_> {
                 s.run.latency_us.p50 as f64 / 1e3,
                 s.run.latency_us.p99 as f64 / 1e3,
                 self.baseline_rps(s),
-                s.baselines[0] + 1,
-                s.baselines[1] + 1,
+                s.baseline_before + 1,
+                s.baseline_before + 2,
                 self.ratio(s),
                 s.run.cpu_us_per_request(),
                 s.key_fetches,
@@ -1393,7 +1398,7 @@ impl Report<'_> {
                 v["name"] = json!(s.name);
                 v["what"] = json!(s.what);
                 v["baseline_req_per_s"] = json!(round(self.baseline_rps(s), 0));
-                v["baseline_runs"] = json!(s.baselines.map(|i| i + 1));
+                v["baseline_runs"] = json!([s.baseline_before + 1, s.baseline_before + 2]);
                 v["ratio_to_baseline"] = json!(round(self.ratio(s), 3));
                 v["key_fetches"] = json!(s.key_fetches);
                 v["key_fetch_limit"] = json!(s.key_fetch_limit);
