@@ -8,9 +8,9 @@
 //! noisy machine. The baseline is measured right before each of scenarios
 //! 1–4 and once after the last, and each scenario's ratio uses the mean of
 //! the two baseline runs around it: a machine's speed drifts over the
-//! minutes a whole run takes (minting scenario 2's tokens alone takes one to
-//! three), and a ratio to a baseline measured minutes away carries that
-//! drift. A run is reported **unsteady** when the two baselines around any
+//! minutes a whole run takes (minting scenario 2's tokens alone took 140 s
+//! of one on a 2-core AMD VM), and a ratio to a baseline measured minutes
+//! away carries that drift. A run is reported **unsteady** when the two baselines around any
 //! scenario are more than 10 % apart or the hypervisor took more than 3 % of
 //! the machine's CPU time (`steal` in `/proc/stat`) during a timed run: on a
 //! shared VM a neighbour's load can halve the baseline for a minute, and
