@@ -11,9 +11,27 @@
 use serde::Deserialize;
 
 use super::{
-    AuthError, GoogleIdentity, Principal, Verified, keys::KeyCache, lifetime, verify_signature,
+    AuthError, GoogleIdentity, Principal, Verified,
+    keys::{KeyCache, KeySource},
+    lifetime, verify_signature,
 };
-use crate::config::{GOOGLE_ISSUERS, GoogleConfig};
+
+/// The default JWKS of Google's OIDC tokens.
+pub const GOOGLE_JWKS_DEFAULT: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// The issuers Google puts in its ID tokens (both spellings are in use).
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// Google issuer settings.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed service-account emails.
+    pub service_accounts: Vec<String>,
+    /// Key source.
+    pub keys: KeySource,
+}
 
 /// Verifies Google ID tokens.
 #[derive(Debug, Clone)]
@@ -90,7 +108,7 @@ impl GoogleVerifier {
             .await
             .map_err(|e| AuthError::from_key_error(e, "google"))?;
         let claims: GoogleClaims = verify_signature(token, &key, &self.validation)?;
-        let now = super::dev::now_secs();
+        let now = super::token::now_secs();
         match claims.iat {
             None => return Err(AuthError::InvalidToken("token has no iat")),
             Some(iat) if iat > now + self.leeway as i64 => {

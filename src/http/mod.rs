@@ -1,5 +1,7 @@
-//! The HTTP surface: shared state, the router, the error type and one module
-//! per resource, each exporting its own `router()`.
+//! The HTTP surface: the router, the shared state ([`AppState`]), the one
+//! error type ([`Error`]), the extractors over auth ([`extract`]), the CORS
+//! layer, the request log, and one module per resource, each exporting its
+//! own `router()`.
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -17,73 +19,24 @@
 //! admin page hosted on another origin can call the API.
 
 pub mod admin;
+mod cors;
 mod error;
+pub mod extract;
 mod health;
 mod jobs;
 mod push;
 mod runs;
+mod state;
 mod whoami;
 
-use std::sync::Arc;
-
 use axum::Router;
-use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, dispatch_status};
-
-use crate::{
-    auth::Authenticator,
-    config::Config,
-    jobs::JobRegistry,
-    pubsub::dead_letter::DeadLetter,
-    runs::{
-        RunStore,
-        runner::{RunLimits, Runner},
-    },
-};
-
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// The authentication core.
-    pub auth: Arc<Authenticator>,
-    /// The jobs.
-    pub jobs: Arc<JobRegistry>,
-    /// The dead-letter publisher, when `DEAD_LETTER_TOPIC` is set.
-    pub dead_letter: Option<Arc<DeadLetter>>,
-    /// The run ledger (memory, or PostgreSQL with `DATABASE_URL`).
-    pub runs: Arc<dyn RunStore>,
-    /// Cancelled when the shutdown grace period is over: every job still
-    /// running is cancelled and its request answered 503 (a nack).
-    ///
-    /// Behind an `Arc`: cloning or dropping a `CancellationToken` locks the
-    /// mutex of its token tree, and the state is cloned for every request
-    /// (by each extractor and the handler); an `Arc` clone is one atomic
-    /// add instead of a lock every thread would contend for.
-    pub stop: Arc<CancellationToken>,
-}
-
-impl AppState {
-    /// The record-claim-run-finish sequence over this state's ledger and jobs.
-    pub fn runner(&self) -> Runner {
-        Runner::new(
-            Arc::clone(&self.runs),
-            Arc::clone(&self.jobs),
-            Arc::clone(&self.stop),
-            RunLimits {
-                job_timeout: self.config.job_timeout,
-                payload_cap: self.config.runs.payload_cap,
-                output_cap: self.config.runs.output_cap,
-            },
-        )
-    }
-}
+pub use state::AppState;
 
 /// The application's router over `state`.
 pub fn router(state: AppState) -> Router {
-    let cors = admin::cors_layer(&state.config);
+    let cors = cors::cors_layer(&state.config);
     let app = Router::new()
         .merge(health::router())
         .merge(whoami::router())

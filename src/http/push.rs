@@ -37,15 +37,13 @@ use axum::{
     routing::post,
 };
 
-use super::{AppState, Error, content_length, jobs::payload_or_empty_object};
+use super::{AppState, Error, content_length, extract::CanTrigger, jobs::payload_or_empty_object};
 use crate::{
-    auth::{CanTrigger, Principal},
+    auth::Principal,
     jobs::RunSource,
     pubsub::{self, MessageMeta, dead_letter::Reason},
-    runs::{
-        DedupKey, Finish, RunStatus,
-        runner::{Outcome, RunRequest},
-    },
+    runner::{Outcome, RunRequest},
+    runs::{DedupKey, Finish, RunStatus},
 };
 use uuid::Uuid;
 

@@ -25,37 +25,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{auth::Principal, pubsub::MessageMeta};
-
-/// Where a run came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunSource {
-    /// A Pub/Sub push delivery.
-    Push,
-    /// A person, from the admin page or the API.
-    Manual,
-    /// A service (Cloud Scheduler, Cloud Tasks) calling `POST /jobs/{name}`.
-    Service,
-}
-
-impl RunSource {
-    /// The source's name in logs and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Push => "push",
-            Self::Manual => "manual",
-            Self::Service => "service",
-        }
-    }
-
-    /// Parses a source's name.
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Push, Self::Manual, Self::Service]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
+pub use crate::runs::RunSource;
+use crate::{principal::Principal, pubsub::MessageMeta};
 
 /// What a job knows about its run.
 #[derive(Debug, Clone)]

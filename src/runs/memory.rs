@@ -20,11 +20,11 @@ use futures::FutureExt as _;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::RunSource;
 use super::{
     ABANDONED, Claim, ClaimState, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings, now_micros,
 };
-use crate::jobs::RunSource;
 
 #[derive(Debug)]
 struct KeyClaim {
@@ -550,10 +550,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        jobs::RunSource,
-        runs::{DedupKey, RunPrincipal},
-    };
+    use crate::runs::{DedupKey, RunPrincipal, RunSource};
 
     fn settings(lease: Duration, max_records: usize) -> StoreSettings {
         StoreSettings {

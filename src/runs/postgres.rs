@@ -27,11 +27,11 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::RunSource;
 use super::{
     ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
 };
-use crate::jobs::RunSource;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

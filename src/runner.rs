@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::{
-    Claim, DedupKey, Finish, JsonText, NewRun, RunPrincipal, RunRecord, RunStatus, RunStore,
-    StoreError, digest, now_micros, truncate,
-};
 use crate::{
-    auth::Principal,
-    jobs::{DispatchError, JobContext, JobOutput, JobRegistry, RunSource},
+    jobs::{DispatchError, JobContext, JobOutput, JobRegistry},
+    principal::Principal,
     pubsub::MessageMeta,
+    runs::{
+        Claim, DedupKey, Finish, JsonText, NewRun, RunPrincipal, RunRecord, RunSource, RunStatus,
+        RunStore, StoreError, digest, now_micros, truncate,
+    },
 };
 
 /// Longest error text kept in a record.
