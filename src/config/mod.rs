@@ -20,8 +20,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 pub use self::runs::{RunsConfig, Secret};
-// The settings types of the modules the configuration is made of.
 use crate::auth::dev::DevIdentity;
+// The settings types of the modules the configuration is made of.
 pub use crate::auth::{
     TriggerPolicy, clerk::ClerkConfig, google::GoogleConfig, keys::KeyCacheConfig, keys::KeySource,
 };
