@@ -13,6 +13,10 @@
 //! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
 //! - [`CanTrigger`]: may run jobs: an allowed Google service account, or a
 //!   Clerk user with the trigger permission (or role);
+//! - [`CanPush`]: may deliver to the push routes: an allowed Google service
+//!   account only. A push claims its message id in the run ledger, so a
+//!   person posting an envelope could claim the id of a message Pub/Sub has
+//!   yet to deliver; people run jobs with `POST /jobs/{name}`;
 //! - [`CanViewRuns`]: may read the run ledger: a Clerk user with the view
 //!   permission, or one who may trigger. Service accounts may not: the ledger
 //!   holds every payload, and pushing a message is no reason to read others'.
@@ -169,6 +173,15 @@ impl Principal {
 }
 
 impl Principal {
+    /// Whether this caller may use the push routes: Google identities only
+    /// (they got here only if their service account is allowed).
+    pub fn check_push(&self) -> Result<(), AuthError> {
+        match self {
+            Self::Google(_) => Ok(()),
+            Self::Clerk(_) => Err(AuthError::InsufficientScope(PUSH_DENIAL.to_owned())),
+        }
+    }
+
     /// Whether this caller may read the run ledger: a Clerk user with
     /// `view_permission`, or one who may trigger jobs.
     pub fn check_view_runs(
@@ -203,6 +216,9 @@ impl Principal {
         }
     }
 }
+
+/// Why a person is refused on the push routes, and what to use instead.
+pub const PUSH_DENIAL: &str = "the push routes take Pub/Sub deliveries from allowed service accounts only; to run a job by hand, use POST /jobs/{name}";
 
 /// The plain explanation of a refused trigger.
 pub fn trigger_denial(policy: &TriggerPolicy, has_org: bool) -> String {
@@ -390,6 +406,10 @@ pub struct Authenticated(pub Arc<Principal>);
 #[derive(Debug, Clone)]
 pub struct CanTrigger(pub Arc<Principal>);
 
+/// A caller allowed on the push routes (see [`Principal::check_push`]).
+#[derive(Debug, Clone)]
+pub struct CanPush(pub Arc<Principal>);
+
 /// A caller allowed to read the run ledger (see
 /// [`Principal::check_view_runs`]).
 #[derive(Debug, Clone)]
@@ -420,6 +440,21 @@ where
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
         principal.check_trigger(&state.config.trigger)?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanPush
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = crate::http::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_push()?;
         Ok(Self(principal))
     }
 }

@@ -8,7 +8,7 @@
 //! | `GET /auth/whoami` | any verified caller | the principal, and whether it may trigger |
 //! | `GET /jobs` | any verified caller | jobs with description and payload schema |
 //! | `POST /jobs/{name}` | trigger permission / allowed service account | run a job by hand |
-//! | `POST /pubsub/push[/{job}]` | allowed service account / trigger permission | Pub/Sub push |
+//! | `POST /pubsub/push[/{job}]` | allowed service account only (people: `POST /jobs/{name}`) | Pub/Sub push |
 //! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
 //! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use super::{
     ABANDONED, Claim, ClaimState, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
-    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings, now_micros,
+    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings,
+    conflict_error, now_micros,
 };
 use crate::jobs::RunSource;
 
@@ -31,6 +32,8 @@ struct KeyClaim {
     run_id: Uuid,
     state: ClaimState,
     lease_until: Instant,
+    /// What the holder claimed (push keys): another content is a conflict.
+    content: Option<PayloadDigest>,
 }
 
 /// A record as kept: 200 bytes inline, with payload and output as their
@@ -341,6 +344,7 @@ impl MemoryStore {
         let now = Instant::now();
         let mut inner = self.lock();
         let mut record = new.record;
+        let content = new.dedup.as_ref().and_then(|k| k.content());
         // One copy of the key, shared by the claim and the record.
         let dedup_key: Option<Arc<str>> = new.dedup.map(|k| k.as_str().into());
         let claim = match &dedup_key {
@@ -349,16 +353,27 @@ impl MemoryStore {
                 let existing = inner
                     .claims
                     .get(key)
-                    .map(|c| (c.run_id, c.state, c.lease_until));
+                    .map(|c| (c.run_id, c.state, c.lease_until, c.content));
+                let held = |state, until| {
+                    state == ClaimState::Done || (state == ClaimState::Running && until > now)
+                };
                 match existing {
-                    Some((holder, ClaimState::Done, _)) => Claim::Done {
+                    Some((holder, state, until, Some(claimed)))
+                        if held(state, until) && content.is_some_and(|c| c != claimed) =>
+                    {
+                        Claim::Conflict {
+                            original_run_id: holder,
+                            claimed,
+                        }
+                    }
+                    Some((holder, ClaimState::Done, _, _)) => Claim::Done {
                         original_run_id: holder,
                         original: inner
                             .runs
                             .get(&holder)
                             .map(|s| Box::new(s.to_record(holder))),
                     },
-                    Some((holder, ClaimState::Running, until)) if until > now => {
+                    Some((holder, ClaimState::Running, until, _)) if until > now => {
                         Claim::InProgress {
                             original_run_id: holder,
                             original: inner
@@ -368,7 +383,7 @@ impl MemoryStore {
                         }
                     }
                     previous => {
-                        if let Some((holder, ClaimState::Running, _)) = previous {
+                        if let Some((holder, ClaimState::Running, _, _)) = previous {
                             mark_failed(&mut inner, holder, LEASE_EXPIRED);
                         }
                         inner.claims.insert(
@@ -377,6 +392,7 @@ impl MemoryStore {
                                 run_id: record.run_id,
                                 state: ClaimState::Running,
                                 lease_until: now + self.settings.lease,
+                                content,
                             },
                         );
                         Claim::Started
@@ -402,6 +418,17 @@ impl MemoryStore {
                         "run {original_run_id} was in progress; answered 409 so the delivery comes back"
                     ));
                 }
+            }
+            Claim::Conflict {
+                original_run_id,
+                claimed,
+            } => {
+                record.status = RunStatus::Conflict;
+                record.duplicate_of = Some(*original_run_id);
+                record.finished_at = Some(record.started_at);
+                record.duration_ms = Some(0);
+                record.error_kind = Some("message_conflict".to_owned());
+                record.error = content.map(|c| conflict_error(*original_run_id, *claimed, c));
             }
         }
         let run_id = record.run_id;
@@ -564,6 +591,11 @@ mod tests {
     }
 
     fn new_run(key: Option<&str>) -> NewRun {
+        new_run_of(key, b"{}")
+    }
+
+    /// A push run of `key` whose message carries `data`.
+    fn new_run_of(key: Option<&str>, data: &[u8]) -> NewRun {
         NewRun {
             record: RunRecord {
                 run_id: Uuid::now_v7(),
@@ -591,7 +623,7 @@ mod tests {
                 duplicate_of: None,
                 dedup_key: None,
             },
-            dedup: key.map(|k| DedupKey::push(None, k)),
+            dedup: key.map(|k| DedupKey::push(None, k, crate::runs::message_digest("echo", data))),
         }
     }
 
@@ -613,6 +645,54 @@ mod tests {
             store.begin(new_run(Some("m1"))).await.unwrap(),
             Claim::Done { original_run_id, .. } if original_run_id == first_id
         ));
+    }
+
+    /// Another content under a held key is a conflict, recorded as such,
+    /// whether the holder runs or is done; the same content stays a plain
+    /// duplicate, and a failed holder still frees the key for any content.
+    #[tokio::test]
+    async fn other_content_under_a_held_key_is_a_conflict() {
+        let store = MemoryStore::new(settings(Duration::from_secs(60), 100));
+        let first = new_run_of(Some("m3"), b"A");
+        let first_id = first.record.run_id;
+        let claimed = first.dedup.as_ref().and_then(DedupKey::content).unwrap();
+        assert_eq!(store.begin(first).await.unwrap(), Claim::Started);
+        let expected = Claim::Conflict {
+            original_run_id: first_id,
+            claimed,
+        };
+        assert_eq!(
+            store.begin(new_run_of(Some("m3"), b"B")).await.unwrap(),
+            expected
+        );
+        store
+            .finish(first_id, Finish::status(RunStatus::Succeeded))
+            .await
+            .unwrap();
+        let late = new_run_of(Some("m3"), b"B");
+        let late_id = late.record.run_id;
+        assert_eq!(store.begin(late).await.unwrap(), expected);
+        let late = store.get(late_id).await.unwrap().unwrap();
+        assert_eq!(late.status, RunStatus::Conflict);
+        assert_eq!(late.duplicate_of, Some(first_id));
+        assert_eq!(late.error_kind.as_deref(), Some("message_conflict"));
+        assert!(late.error.unwrap().contains(&first_id.to_string()));
+        assert!(matches!(
+            store.begin(new_run_of(Some("m3"), b"A")).await.unwrap(),
+            Claim::Done { original_run_id, .. } if original_run_id == first_id
+        ));
+
+        let failed = new_run_of(Some("m4"), b"A");
+        let failed_id = failed.record.run_id;
+        store.begin(failed).await.unwrap();
+        store
+            .finish(failed_id, Finish::status(RunStatus::FailedTransient))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.begin(new_run_of(Some("m4"), b"B")).await.unwrap(),
+            Claim::Started
+        );
     }
 
     #[tokio::test]

@@ -19,8 +19,8 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{
-    Claim, DedupKey, Finish, JsonText, NewRun, RunPrincipal, RunRecord, RunStatus, RunStore,
-    StoreError, digest, now_micros, truncate,
+    Claim, DedupKey, Finish, JsonText, NewRun, PayloadDigest, RunPrincipal, RunRecord, RunStatus,
+    RunStore, StoreError, digest, now_micros, truncate,
 };
 use crate::{
     auth::Principal,
@@ -98,6 +98,16 @@ pub enum Outcome {
         original_run_id: Uuid,
         /// Its record, unless pruned.
         original: Option<Box<RunRecord>>,
+    },
+    /// The key is held (done or running) by a run of other content: nothing
+    /// ran; recorded as a `conflict`. Never to be acked as a duplicate.
+    Conflict {
+        /// This request's (conflict) record.
+        run_id: Uuid,
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// What that run claimed (this request's is its key's content).
+        claimed: PayloadDigest,
     },
 }
 
@@ -285,6 +295,16 @@ impl Runner {
                     run_id,
                     original_run_id,
                     original,
+                });
+            }
+            Claim::Conflict {
+                original_run_id,
+                claimed,
+            } => {
+                return Ok(Outcome::Conflict {
+                    run_id,
+                    original_run_id,
+                    claimed,
                 });
             }
         }
