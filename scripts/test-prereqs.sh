@@ -55,10 +55,20 @@ apt_install() {
   say "installing $* ($why)"
   export DEBIAN_FRONTEND=noninteractive
   if [[ -z $APT_UPDATED ]]; then
-    run apt-get update -qq
+    apt_run apt-get update -qq
     APT_UPDATED=1
   fi
-  run apt-get install -y -qq "$@"
+  apt_run apt-get install -y -qq "$@"
+}
+
+# apt's own output goes to a log, shown only when the command fails.
+APT_LOG=${TMPDIR:-/tmp}/pushworker-test-prereqs-apt.log
+apt_run() {
+  printf 'test-prereqs: + %s   (output in %s)\n' "$*" "$APT_LOG"
+  if ! "$@" >>"$APT_LOG" 2>&1; then
+    tail -n 40 "$APT_LOG" >&2
+    stop "\`$*\` failed (above, the end of $APT_LOG)" "$*"
+  fi
 }
 
 # --- browser -------------------------------------------------------------------
@@ -73,9 +83,10 @@ step_browser() {
     apt_install "Chromium and ChromeDriver for the admin page's browser tests" chromium chromium-driver
   fi
   local version
-  version=$("$chromium" --version 2>&1) || stop "$chromium does not start: $version" \
+  # Debian's launcher script complains on stderr about its own settings.
+  version=$("$chromium" --version 2>/dev/null) || stop "$chromium does not start: $("$chromium" --version 2>&1 | tail -n1)" \
     "$(sudo_prefix)apt-get install --reinstall -y chromium chromium-driver"
-  say "browser: $version; $("$driver" --version 2>&1 | head -n1)"
+  say "browser: $version; $("$driver" --version 2>/dev/null | head -n1)"
 }
 
 # --- postgres ------------------------------------------------------------------
@@ -148,11 +159,19 @@ step_emulator() {
     fi
     emulator_installed || stop "gcloud has no Pub/Sub emulator" "$(sudo_prefix)apt-get install -y google-cloud-cli-pubsub-emulator"
   fi
-  say "emulator: $(gcloud --version 2>/dev/null | head -n1), pubsub-emulator in $(sdk_root)/platform/pubsub-emulator"
+  say "emulator: gcloud's pubsub-emulator in $(sdk_root)/platform/pubsub-emulator, $(java -version 2>&1 | head -n1)"
 }
 
+# gcloud's installation: bin/gcloud sits in it (Debian's package and Google's
+# installer alike); `gcloud info` says so too, but slower.
 sdk_root() {
-  gcloud info --format='value(installation.sdk_root)' 2>/dev/null
+  local bin
+  bin=$(readlink -f "$(command -v gcloud)") || return 1
+  if [[ -d $(dirname "$bin")/../platform ]]; then
+    (cd "$(dirname "$bin")/.." && pwd)
+  else
+    gcloud info --format='value(installation.sdk_root)' 2>/dev/null
+  fi
 }
 
 emulator_installed() {
@@ -203,14 +222,19 @@ step_tools() {
   say "tools: curl, python3"
 }
 
-steps=("$@")
-((${#steps[@]})) || steps=(tools postgres emulator browser venv)
-for step in "${steps[@]}"; do
-  case $step in
-    browser | postgres | emulator | venv | tools) "step_$step" ;;
-    *)
-      echo "usage: $0 [browser|postgres|emulator|venv|tools ...]" >&2
-      exit 2
-      ;;
-  esac
-done
+main() {
+  local steps=("$@") step
+  ((${#steps[@]})) || steps=(tools postgres emulator browser venv)
+  for step in "${steps[@]}"; do
+    case $step in
+      browser | postgres | emulator | venv | tools) "step_$step" ;;
+      *)
+        echo "usage: $0 [browser|postgres|emulator|venv|tools ...]" >&2
+        exit 2
+        ;;
+    esac
+  done
+}
+
+# Sourced (to try one function), it defines them and runs nothing.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"
