@@ -38,7 +38,7 @@
 //! ack). Plus cold start (exec to first successful response, median of
 //! `--cold-runs`), RSS idle and under load, and key fetches per scenario.
 //!
-//! Output: a table on stdout (pasted into the README) and
+//! Output: a table on stdout (docs/performance.md shows the latest) and
 //! `bench/results.json`. Options after `--`: `--duration SECS` (10),
 //! `--connections N` (32), `--threads N` (2), `--cold-runs N` (15),
 //! `--out PATH`.
