@@ -104,6 +104,7 @@ impl Application {
                 webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
             })
         });
+        jobs.check()?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(Arc::new(
                 DeadLetter::new(&config.pubsub, topic, Duration::from_secs(10))

@@ -441,10 +441,9 @@ const BATCH_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 /// Lines this thread has written but not yet handed to stdout.
 ///
 /// Why: on a platform, stdout is a pipe to a log collector, and one `write`
-/// per line woke the collector once per request: pushes with stdout on a
-/// drained pipe ran at 25.4k/s, 47 µs of CPU each, against 30.3k/s, 41 µs,
-/// once written in batches (means of 3 pairs, `STDOUT=pipe scripts/bench-ab.sh`;
-/// on /dev/null the two do not differ). A runtime worker thread (one the
+/// per line woke the collector once per request, which cost pushes both
+/// throughput and CPU when stdout is a drained pipe (`STDOUT=pipe
+/// scripts/bench-ab.sh` compares two builds; on /dev/null they do not differ). A runtime worker thread (one the
 /// runtime has parked at least once, see [`flush_worker`]) keeps its `info`
 /// and `debug` lines here and writes them in one call when it goes idle,
 /// when they reach [`BATCH_BYTES`], or when the oldest is [`BATCH_HOLD`] old

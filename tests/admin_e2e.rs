@@ -207,7 +207,7 @@ fn find_program(env: &str, default: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} not found: the admin page's end-to-end tests need Debian's Chromium and ChromeDriver. \
-         Install them with `apt-get install chromium chromium-driver` (.ci/run does), \
+         Install them with `apt-get install chromium chromium-driver` (`make test` does), \
          or point {env} at the program.",
         path.display()
     );

@@ -117,10 +117,10 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 /// handlers record on it (`principal`, `job`, `source`, `message_id`,
 /// `subscription`, `attempt`, `run_id`): a run that succeeds writes exactly
 /// this one line, with its job, message, run and outcome, and a failure's
-/// own lines carry the same fields. At `info`, logging is about a quarter of
-/// a push's work (19.6k of about 75k instructions: `RUST_LOG=warn` against
-/// `info` under `scripts/callgrind-push.sh`; README, Performance), so a run
-/// writes one line, not two.
+/// own lines carry the same fields. At `info`, logging is a large share of a
+/// push's work (`RUST_LOG=warn` against `info` under
+/// `scripts/callgrind-push.sh`; docs/performance.md), so a run writes one
+/// line, not two.
 async fn trace_request(
     request: axum::extract::Request,
     next: axum::middleware::Next,

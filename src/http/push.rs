@@ -85,8 +85,8 @@ async fn push_to_job(
     handle(state, Some(job), principal, headers, body).await
 }
 
-/// The request body, read into one buffer sized by `Content-Length`: a 13 MB
-/// envelope costs 13 MB, where collecting chunks and then joining them would
+/// The request body, read into one buffer sized by `Content-Length`: the
+/// envelope is held once, where collecting chunks and then joining them would
 /// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413. The
 /// headers come with it, moved out of the request rather than copied.
 struct PushBody {

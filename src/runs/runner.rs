@@ -120,8 +120,8 @@ fn capture_payload(bytes: &[u8], cap: usize) -> (Option<JsonText>, bool) {
 }
 
 /// The output as recorded: JSON within the cap, else left out (written into
-/// a buffer that stops at the cap: a 10 MB output must not cost another
-/// 10 MB). An error means the output cannot be serialised at all.
+/// a buffer that stops at the cap: a large output must not be copied whole
+/// just to be measured). An error means the output cannot be serialised at all.
 fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<JsonText>, bool)> {
     struct Capped {
         text: Vec<u8>,
