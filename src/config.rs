@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// Set by Cloud Run; dev mode refuses to start when it is present.
     #[arg(long, env = "K_SERVICE", hide = true)]
     pub k_service: Option<String>,
+
+    /// The HTTP server's timeouts and connection bound.
+    #[command(flatten)]
+    pub http: crate::http::server::HttpServerArgs,
 }
 
 /// Log output format.
@@ -401,6 +405,8 @@ pub struct Config {
     pub runs: RunsConfig,
     /// Grace period for in-flight jobs on shutdown.
     pub shutdown_grace: Duration,
+    /// The HTTP server's timeouts and connection bound.
+    pub http: crate::http::server::HttpServerConfig,
     /// Project id for trace fields in JSON logs.
     pub project_id: Option<String>,
     /// Log format.
@@ -798,6 +804,7 @@ impl Config {
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             runs,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            http: crate::http::server::HttpServerConfig::from_args(&args.http)?,
             project_id: args
                 .google_cloud_project
                 .as_deref()

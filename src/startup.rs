@@ -150,7 +150,9 @@ impl Application {
     /// Serves until `shutdown` completes; then stops accepting, lets
     /// in-flight requests finish for up to the grace period, cancels the jobs
     /// still running (their pushes are answered 503, a nack, never an ack),
-    /// and flushes the dead-letter publisher.
+    /// and flushes the dead-letter publisher. Connections are served under
+    /// the header and idle timeouts and the bound of
+    /// [`crate::http::server::HttpServerConfig`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -174,15 +176,13 @@ impl Application {
                 }
             });
         };
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .context("server error");
+        let http = self.state.config.http.clone();
+        let app = router(self.state);
+        crate::http::server::serve(self.listener, app, &http, signal).await;
         if let Some(dl) = dead_letter {
             dl.flush().await;
         }
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ mod health;
 mod jobs;
 mod push;
 mod runs;
+pub mod server;
 mod whoami;
 
 use std::sync::Arc;
@@ -91,13 +92,30 @@ pub fn router(state: AppState) -> Router {
         .merge(push::router())
         .merge(runs::router())
         .merge(admin::router(&state.config))
+        .fallback(no_route)
         .layer(axum::middleware::from_fn(trace_request));
     // Outermost, so that preflights are answered before authentication.
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,
     };
-    app.with_state(state)
+    // On every answer, preflights and errors included: error bodies echo
+    // what the client sent, and must never be sniffed into HTML.
+    app.layer(
+        tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ),
+    )
+    .with_state(state)
+}
+
+/// An unknown path: 404 with the JSON error body every other error has.
+async fn no_route() -> Error {
+    Error::NotFound(
+        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /runs and /admin)"
+            .to_owned(),
+    )
 }
 
 /// A `Content-Length` header's value, if present and a number.

@@ -19,6 +19,7 @@ use pushworker::{
         ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
         Secret, TriggerPolicy,
     },
+    http::server::HttpServerConfig,
     jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
     pubsub::MessageMeta,
     runs::RunStore,
@@ -383,6 +384,8 @@ pub struct Options {
     pub token_cache_max_entries: usize,
     /// The `count` job's counter.
     pub counter: Arc<AtomicUsize>,
+    /// The HTTP server's timeouts and connection bound.
+    pub http: HttpServerConfig,
 }
 
 impl Default for Options {
@@ -407,6 +410,7 @@ impl Default for Options {
             payload_cap: 64 * 1024,
             token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
+            http: HttpServerConfig::default(),
         }
     }
 }
@@ -477,6 +481,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             ..RunsConfig::defaults(options.job_timeout)
         },
         shutdown_grace: Duration::from_secs(2),
+        http: options.http.clone(),
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,

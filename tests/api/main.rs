@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod binary;
 mod emulator;
+mod hardening;
 mod helpers;
 mod jobs;
 mod keys;
