@@ -16,3 +16,4 @@ mod push;
 mod reliability;
 mod runs;
 mod token_cache;
+mod webhook;
