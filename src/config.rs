@@ -125,10 +125,9 @@ pub struct ServeArgs {
     #[arg(long, env = "JWKS_FETCH_TIMEOUT_MS", default_value_t = 3_000)]
     pub jwks_fetch_timeout_ms: u64,
 
-    /// Hosts (`host` or `host:port`) the example `webhook` job may call (comma
-    /// list). Empty: the job refuses every URL (in dev mode: the local server).
-    #[arg(long, env = "WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The `webhook` job's settings (`WEBHOOK_*`).
+    #[command(flatten)]
+    pub webhook: crate::jobs::webhook::WebhookArgs,
 
     /// Topic that poison messages are published to (`projects/P/topics/T`)
     /// before their push is acked. Unset: permanent failures are nacked and
@@ -393,8 +392,8 @@ pub struct Config {
     pub job_timeout: Duration,
     /// Key cache settings.
     pub key_cache: KeyCacheConfig,
-    /// Hosts the webhook job may call.
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The webhook job's settings.
+    pub webhook: crate::jobs::webhook::WebhookConfig,
     /// Dead-letter topic, if set.
     pub dead_letter_topic: Option<String>,
     /// Where Pub/Sub is (real or emulator).
@@ -791,14 +790,10 @@ impl Config {
                 max_stale: Duration::from_secs(args.jwks_max_stale_secs),
                 fetch_timeout: Duration::from_millis(args.jwks_fetch_timeout_ms),
             },
-            webhook_allowed_hosts: {
-                let mut hosts = clean_list(&args.webhook_allowed_hosts);
-                if args.dev && hosts.is_empty() {
-                    // The local server itself, so the webhook fixture has a target.
-                    hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
-                }
-                hosts
-            },
+            webhook: crate::jobs::webhook::WebhookConfig::from_args(
+                &args.webhook,
+                args.dev.then_some(port),
+            )?,
             dead_letter_topic,
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,

@@ -98,12 +98,13 @@ impl Application {
             keys.prefetch();
             ClerkVerifier::new(c, keys, config.leeway)
         });
-        let jobs = jobs.unwrap_or_else(|| {
-            JobRegistry::builtin(&JobDeps {
+        let jobs = match jobs {
+            Some(jobs) => jobs,
+            None => JobRegistry::builtin(&JobDeps {
                 http: http.clone(),
-                webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
-            })
-        });
+                webhook: config.webhook.clone(),
+            })?,
+        };
         jobs.check()?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(Arc::new(

@@ -185,8 +185,9 @@ async fn start_server() -> Server {
     let config = Config::from_args(&args).unwrap();
     let jobs = JobRegistry::builtin(&JobDeps {
         http: reqwest::Client::new(),
-        webhook_allowed_hosts: Vec::new(),
+        webhook: config.webhook.clone(),
     })
+    .unwrap()
     .register(Order);
     let app = Application::build_with_jobs(config, Some(jobs))
         .await

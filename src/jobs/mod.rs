@@ -330,10 +330,11 @@ impl std::fmt::Debug for JobRegistry {
 /// What the built-in jobs need from the outside.
 #[derive(Debug, Clone)]
 pub struct JobDeps {
-    /// Shared HTTP client.
+    /// Shared HTTP client. It follows redirects: not for caller-chosen URLs
+    /// (the webhook job builds its own).
     pub http: reqwest::Client,
-    /// Hosts the webhook job may call.
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The webhook job's settings.
+    pub webhook: webhook::WebhookConfig,
 }
 
 impl JobRegistry {
@@ -342,15 +343,13 @@ impl JobRegistry {
         Self::default()
     }
 
-    /// The jobs that ship with pushworker.
-    pub fn builtin(deps: &JobDeps) -> Self {
-        Self::new()
+    /// The jobs that ship with pushworker (fails only if the webhook job's
+    /// HTTP client cannot be built).
+    pub fn builtin(deps: &JobDeps) -> anyhow::Result<Self> {
+        Ok(Self::new()
             .register(echo::Echo)
             .register(sleep::Sleep)
-            .register(webhook::Webhook::new(
-                deps.http.clone(),
-                deps.webhook_allowed_hosts.clone(),
-            ))
+            .register(webhook::Webhook::new(&deps.webhook)?))
     }
 
     /// Adds a job. A name already taken keeps its first job and makes
@@ -463,8 +462,13 @@ mod tests {
     fn builtin() -> JobRegistry {
         JobRegistry::builtin(&JobDeps {
             http: reqwest::Client::new(),
-            webhook_allowed_hosts: Vec::new(),
+            webhook: webhook::WebhookConfig::new(
+                Vec::<String>::new(),
+                webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
+            )
+            .expect("valid webhook settings"),
         })
+        .expect("the built-in jobs build")
     }
 
     #[test]

@@ -20,7 +20,7 @@ use pushworker::{
         Secret, TriggerPolicy,
     },
     http::server::HttpServerConfig,
-    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
+    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource, webhook},
     pubsub::MessageMeta,
     runs::RunStore,
     startup::Application,
@@ -386,6 +386,10 @@ pub struct Options {
     pub counter: Arc<AtomicUsize>,
     /// The HTTP server's timeouts and connection bound.
     pub http: HttpServerConfig,
+    /// `WEBHOOK_ALLOWED_HOSTS`.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// `WEBHOOK_MAX_RESPONSE_BYTES`.
+    pub webhook_max_response_bytes: u64,
 }
 
 impl Default for Options {
@@ -411,8 +415,19 @@ impl Default for Options {
             token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
             http: HttpServerConfig::default(),
+            webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+            webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
+}
+
+/// The webhook job's settings from `options`.
+pub fn webhook_config(options: &Options) -> webhook::WebhookConfig {
+    webhook::WebhookConfig::new(
+        &options.webhook_allowed_hosts,
+        options.webhook_max_response_bytes,
+    )
+    .expect("valid webhook settings")
 }
 
 pub struct TestApp {
@@ -469,7 +484,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             max_stale: options.max_stale,
             fetch_timeout: options.fetch_timeout,
         },
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(options),
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
@@ -495,8 +510,9 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     let http = reqwest::Client::new();
     let jobs = JobRegistry::builtin(&JobDeps {
         http,
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(&options),
     })
+    .expect("built-in jobs")
     .register(FlakyOnce {
         attempts: Arc::default(),
         record: record.clone(),

@@ -17,3 +17,4 @@ mod push;
 mod reliability;
 mod runs;
 mod token_cache;
+mod webhook;
