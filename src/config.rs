@@ -217,14 +217,7 @@ pub struct ServeArgs {
     pub http: crate::http::server::HttpServerArgs,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, in Cloud Logging's format.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Where an issuer's keys come from.
 #[derive(Clone, PartialEq, Eq)]

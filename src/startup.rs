@@ -40,13 +40,10 @@ impl std::fmt::Debug for Application {
 }
 
 /// The runtime the binary runs on: tokio's multi-threaded scheduler, one
-/// worker per core, whose workers write their log lines in batches when they
-/// go idle and when they stop ([`crate::telemetry::flush_worker`]).
+/// worker per core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(crate::telemetry::flush_worker)
-        .on_thread_stop(crate::telemetry::flush_worker)
         .build()
 }
 

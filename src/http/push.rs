@@ -284,16 +284,24 @@ async fn permanent_failure(
     run_id: Option<Uuid>,
 ) -> Result<StatusCode, Error> {
     let Some(dead_letter) = &state.dead_letter else {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently (nacked; the subscription's dead-letter policy will catch it)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently (nacked; the subscription's dead-letter policy will catch it)"
+        );
         return Err(err);
     };
     if data.len() > pubsub::MAX_MESSAGE_BYTES {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently and is too large to dead-letter (nacked)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently and is too large to dead-letter (nacked)"
+        );
         return Err(err);
     }
     match dead_letter.publish(meta, data, &reason).await {
         Ok(id) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
             if let Some(run_id) = run_id
                 && let Err(e) = state
                     .runs
@@ -307,7 +315,7 @@ async fn permanent_failure(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(publish_error) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
             Err(Error::DeadLetterFailed(format!("{publish_error:#}")))
         }
     }

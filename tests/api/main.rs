@@ -13,6 +13,7 @@ mod helpers;
 mod jobs;
 mod keys;
 mod lifecycle;
+mod logs;
 mod push;
 mod reliability;
 mod runs;
