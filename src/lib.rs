@@ -18,7 +18,10 @@
 //! - [`config`] — flags and environment, parsed and validated once at
 //!   start-up; it assembles the settings types of the modules below and
 //!   checks the rules that span them.
-//! - [`telemetry`] — logging setup.
+//! - [`server`] — the accept loop under the router: header and idle timeouts,
+//!   the connection bound, graceful shutdown.
+//! - [`telemetry`] — logging: Cloud Logging JSON or escaped text, written by a
+//!   lossless writer thread; trace-header parsing.
 //! - [`http`] — the router, [`http::AppState`], the one [`http::Error`], the
 //!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
 //!   and one module per resource (health, whoami, jobs, push, runs, and
@@ -43,7 +46,7 @@
 //!   the jobs and the ledger read.
 //!
 //! Outside the crate: `tests/` (integration tests against real servers),
-//! `benches/load.rs` (`make bench`), `fuzz/` (`make fuzz`, its own workspace)
+//! `benches/load/` (`make bench`), `fuzz/` (`make fuzz`, its own workspace)
 //! and `infra/` (Terraform).
 
 pub mod auth;
@@ -56,5 +59,6 @@ pub mod pubsub;
 pub mod replay;
 pub mod runner;
 pub mod runs;
+pub mod server;
 pub mod startup;
 pub mod telemetry;

@@ -99,6 +99,16 @@ pub enum Outcome {
         /// Its record, unless pruned.
         original: Option<Box<RunRecord>>,
     },
+    /// The key is held (done or running) by a run of other content: nothing
+    /// ran; recorded as a `conflict`. Never to be acked as a duplicate.
+    Conflict {
+        /// This request's (conflict) record.
+        run_id: Uuid,
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// What that run claimed (this request's is its key's content).
+        claimed: PayloadDigest,
+    },
 }
 
 /// The payload as recorded: JSON within the cap, else left out.
@@ -110,8 +120,8 @@ fn capture_payload(bytes: &[u8], cap: usize) -> (Option<JsonText>, bool) {
 }
 
 /// The output as recorded: JSON within the cap, else left out (written into
-/// a buffer that stops at the cap: a 10 MB output must not cost another
-/// 10 MB). An error means the output cannot be serialised at all.
+/// a buffer that stops at the cap: a large output must not be copied whole
+/// just to be measured). An error means the output cannot be serialised at all.
 fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<JsonText>, bool)> {
     struct Capped {
         text: Vec<u8>,
@@ -285,6 +295,16 @@ impl Runner {
                     run_id,
                     original_run_id,
                     original,
+                });
+            }
+            Claim::Conflict {
+                original_run_id,
+                claimed,
+            } => {
+                return Ok(Outcome::Conflict {
+                    run_id,
+                    original_run_id,
+                    claimed,
                 });
             }
         }

@@ -1,6 +1,6 @@
 //! A signing-key cache per issuer, written on `jsonwebtoken` (google-cloud-auth's
 //! verifier keeps keys a fixed hour, refetches on every unknown `kid` and fails
-//! under concurrency; see the platform notes).
+//! under concurrency; see docs/platform-notes.md, "Crates").
 //!
 //! What it promises:
 //! - **No lock on a hit.** The current key set sits behind an [`ArcSwapOption`];

@@ -13,6 +13,10 @@
 //! apply:
 //! - [`Principal::check_trigger`]: may run jobs: an allowed Google service
 //!   account, or a Clerk user with the trigger permission (or role);
+//! - [`Principal::check_push`]: may deliver to the push routes: an allowed
+//!   Google service account only. A push claims its message id in the run
+//!   ledger, so a person posting an envelope could claim the id of a message
+//!   Pub/Sub has yet to deliver; people run jobs with `POST /jobs/{name}`;
 //! - [`Principal::check_view_runs`]: may read the run ledger: a Clerk user
 //!   with the view permission, or one who may trigger. Service accounts may
 //!   not: the ledger holds every payload, and pushing a message is no reason
@@ -111,6 +115,15 @@ impl Principal {
 }
 
 impl Principal {
+    /// Whether this caller may use the push routes: Google identities only
+    /// (they got here only if their service account is allowed).
+    pub fn check_push(&self) -> Result<(), AuthError> {
+        match self {
+            Self::Google(_) => Ok(()),
+            Self::Clerk(_) => Err(AuthError::InsufficientScope(PUSH_DENIAL.to_owned())),
+        }
+    }
+
     /// Whether this caller may read the run ledger: a Clerk user with
     /// `view_permission`, or one who may trigger jobs.
     pub fn check_view_runs(
@@ -145,6 +158,9 @@ impl Principal {
         }
     }
 }
+
+/// Why a person is refused on the push routes, and what to use instead.
+pub const PUSH_DENIAL: &str = "the push routes take Pub/Sub deliveries from allowed service accounts only; to run a job by hand, use POST /jobs/{name}";
 
 /// The plain explanation of a refused trigger.
 pub fn trigger_denial(policy: &TriggerPolicy, has_org: bool) -> String {

@@ -126,10 +126,9 @@ pub struct ServeArgs {
     #[arg(long, env = "JWKS_FETCH_TIMEOUT_MS", default_value_t = 3_000)]
     pub jwks_fetch_timeout_ms: u64,
 
-    /// Hosts (`host` or `host:port`) the example `webhook` job may call (comma
-    /// list). Empty: the job refuses every URL (in dev mode: the local server).
-    #[arg(long, env = "WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The `webhook` job's settings (`WEBHOOK_*`).
+    #[command(flatten)]
+    pub webhook: crate::jobs::webhook::WebhookArgs,
 
     /// Topic that poison messages are published to (`projects/P/topics/T`)
     /// before their push is acked. Unset: permanent failures are nacked and
@@ -213,16 +212,13 @@ pub struct ServeArgs {
     /// Set by Cloud Run; dev mode refuses to start when it is present.
     #[arg(long, env = "K_SERVICE", hide = true)]
     pub k_service: Option<String>,
+
+    /// The HTTP server's timeouts and connection bound.
+    #[command(flatten)]
+    pub http: crate::server::HttpServerArgs,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, in Cloud Logging's format.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// The validated configuration of a running worker.
 #[derive(Debug, Clone)]
@@ -247,8 +243,8 @@ pub struct Config {
     pub job_timeout: Duration,
     /// Key cache settings.
     pub key_cache: KeyCacheConfig,
-    /// Hosts the webhook job may call.
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The webhook job's settings.
+    pub webhook: crate::jobs::webhook::WebhookConfig,
     /// Dead-letter topic, if set.
     pub dead_letter_topic: Option<String>,
     /// Where Pub/Sub is (real or emulator).
@@ -259,6 +255,8 @@ pub struct Config {
     pub runs: RunsConfig,
     /// Grace period for in-flight jobs on shutdown.
     pub shutdown_grace: Duration,
+    /// The HTTP server's timeouts and connection bound.
+    pub http: crate::server::HttpServerConfig,
     /// Project id for trace fields in JSON logs.
     pub project_id: Option<String>,
     /// Log format.
@@ -336,12 +334,16 @@ impl Config {
             job_attribute: args.job_attribute.trim().to_owned(),
             job_timeout: Duration::from_secs(args.job_timeout_secs),
             key_cache: auth::key_cache(args),
-            webhook_allowed_hosts: webhook_allowed_hosts(args),
+            webhook: crate::jobs::webhook::WebhookConfig::from_args(
+                &args.webhook,
+                args.dev.then_some(port),
+            )?,
             dead_letter_topic,
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             runs,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            http: crate::server::HttpServerConfig::from_args(&args.http)?,
             project_id: args
                 .google_cloud_project
                 .as_deref()
@@ -438,19 +440,6 @@ fn dead_letter_topic(args: &ServeArgs) -> anyhow::Result<Option<String>> {
             }
         })
         .transpose()
-}
-
-/// Hosts the webhook job may call; in dev mode, by default, the local server
-/// itself, so the webhook fixture has a target.
-fn webhook_allowed_hosts(args: &ServeArgs) -> Vec<String> {
-    let mut hosts = clean_list(&args.webhook_allowed_hosts);
-    if args.dev && hosts.is_empty() {
-        hosts = vec![
-            format!("127.0.0.1:{}", args.port),
-            format!("localhost:{}", args.port),
-        ];
-    }
-    hosts
 }
 
 #[cfg(test)]

@@ -56,8 +56,8 @@ pub struct RunsConfig {
 }
 
 impl RunsConfig {
-    /// The defaults, for a job timeout of `job_timeout`: in memory, lease of
-    /// the timeout + 30 s, 10,000 records, a week, `org:jobs:read`, 64 KiB.
+    /// The defaults, for a job timeout of `job_timeout`: in memory, a lease
+    /// half a minute past the timeout, and the defaults the flags document.
     pub fn defaults(job_timeout: Duration) -> Self {
         Self {
             database_url: None,

@@ -74,6 +74,17 @@ pub enum Error {
         /// The run holding the key.
         run_id: Uuid,
     },
+    /// A push whose message id is held by a run of other content (job or
+    /// data): 409, a nack, so the subscription's retry and dead-letter
+    /// policy keep it (with `DEAD_LETTER_TOPIC` set it is dead-lettered and
+    /// acked instead). `run_id` is the run that holds the message id.
+    #[error(
+        "this message id was already claimed by run {run_id} with other content (job or data); this delivery was not run and is left to the subscription's dead-letter policy"
+    )]
+    MessageConflict {
+        /// The run holding the message id.
+        run_id: Uuid,
+    },
     /// An `Idempotency-Key` reused with a different payload: 422.
     #[error(
         "Idempotency-Key was first used with a different payload (run {run_id}); use a new key for a new request"
@@ -111,7 +122,7 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::RunInProgress { .. } => StatusCode::CONFLICT,
+            Self::RunInProgress { .. } | Self::MessageConflict { .. } => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,6 +149,7 @@ impl Error {
             Self::DeadLetterFailed(_) => "dead_letter_failed",
             Self::BadRequest { code, .. } => code,
             Self::RunInProgress { .. } => "run_in_progress",
+            Self::MessageConflict { .. } => "message_conflict",
             Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             Self::Store(_) => "store_unavailable",
             Self::Internal(_) => "internal",
@@ -213,7 +225,10 @@ impl IntoResponse for Error {
             if let Self::Auth(e) = &self {
                 tracing::debug!(error = %e, status = status.as_u16(), "request refused");
             }
-            if let Self::RunInProgress { run_id } | Self::IdempotencyKeyReused { run_id } = &self {
+            if let Self::RunInProgress { run_id }
+            | Self::IdempotencyKeyReused { run_id }
+            | Self::MessageConflict { run_id } = &self
+            {
                 body["run_id"] = json!(run_id);
             }
         }

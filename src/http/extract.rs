@@ -3,6 +3,7 @@
 //!
 //! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
 //! - [`CanTrigger`]: may run jobs ([`Principal::check_trigger`]);
+//! - [`CanPush`]: may deliver to the push routes ([`Principal::check_push`]);
 //! - [`CanViewRuns`]: may read the run ledger ([`Principal::check_view_runs`]).
 
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct Authenticated(pub Arc<Principal>);
 /// A caller allowed to run jobs (see [`Principal::check_trigger`]).
 #[derive(Debug, Clone)]
 pub struct CanTrigger(pub Arc<Principal>);
+
+/// A caller allowed on the push routes (see [`Principal::check_push`]).
+#[derive(Debug, Clone)]
+pub struct CanPush(pub Arc<Principal>);
 
 /// A caller allowed to read the run ledger (see
 /// [`Principal::check_view_runs`]).
@@ -54,6 +59,21 @@ where
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
         principal.check_trigger(&state.config.trigger)?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanPush
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_push()?;
         Ok(Self(principal))
     }
 }

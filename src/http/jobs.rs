@@ -212,6 +212,15 @@ async fn trigger(
                 run_id: original_run_id,
             });
         }
+        // Manual keys carry no content digest, so the ledger never answers
+        // this for them; if it did, it would mean a reused key.
+        Outcome::Conflict {
+            original_run_id, ..
+        } => {
+            return Err(Error::IdempotencyKeyReused {
+                run_id: original_run_id,
+            });
+        }
     };
     match result {
         Ok(output) => {

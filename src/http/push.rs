@@ -8,20 +8,30 @@
 //! permanent error) as 4xx, logged at error level with the message id. A
 //! permanent failure is never dropped silently.
 //!
+//! Only allowed Google service accounts may push ([`CanPush`]): a delivery
+//! claims its message id, and a person who could post an envelope could
+//! claim the id of a message Pub/Sub has yet to deliver and have the real
+//! one acked unrun. A Clerk token here is a 403 `insufficient_scope` that
+//! names `POST /jobs/{name}`, the route for running a job by hand.
+//!
 //! Pub/Sub delivers at least once, sometimes to two instances at the same
 //! moment, so each delivery is recorded and claimed in the run ledger by
-//! (subscription, message id) before its job runs (see [`crate::runs`]):
+//! (subscription, message id) before its job runs (see [`crate::runs`]).
+//! The claim carries a digest of the job and the decoded data
+//! ([`crate::runs::message_digest`]); a redelivery is unchanged, so another
+//! digest under a held message id is a conflict:
 //!
 //! | the message's run | answer | |
 //! |---|---|---|
 //! | none, failed, or lease expired | the job runs | as above |
-//! | succeeded (or dead-lettered) | 204, recorded as `duplicate` | ack, not run again |
-//! | running, lease live | 409 `run_in_progress`, recorded as `duplicate` | nack: it comes back, and runs if that run failed or died |
+//! | succeeded (or dead-lettered), same digest | 204, recorded as `duplicate` | ack, not run again |
+//! | running, lease live, same digest | 409 `run_in_progress`, recorded as `duplicate` | nack: it comes back, and runs if that run failed or died |
+//! | succeeded or running, other digest | 409 `message_conflict`, recorded as `conflict`, logged at error level with both runs | a permanent failure (below): nack, or dead-lettered and acked |
 //! | ledger unreachable | 503 `store_unavailable` + `Retry-After` | nack; nothing runs unrecorded |
 //!
-//! With `DEAD_LETTER_TOPIC` set, every permanent failure is instead published
-//! there (with the reason) and only then acked (204); if that publish fails,
-//! 503 `dead_letter_failed`, a nack.
+//! With `DEAD_LETTER_TOPIC` set, every permanent failure (a conflict
+//! included) is instead published there (with the reason) and only then
+//! acked (204); if that publish fails, 503 `dead_letter_failed`, a nack.
 //!
 //! 409 rather than 503 for "in progress": both are nacks to Pub/Sub, but 409
 //! says "this message is being handled" to operators and dashboards, where
@@ -37,14 +47,15 @@ use axum::{
     routing::post,
 };
 
-use super::{AppState, Error, content_length, extract::CanTrigger, jobs::payload_or_empty_object};
+use super::{AppState, Error, content_length, extract::CanPush, jobs::payload_or_empty_object};
 use crate::{
     auth::Principal,
     jobs::RunSource,
     pubsub::{self, MessageMeta, dead_letter::Reason},
     runner::{Outcome, RunRequest},
-    runs::{DedupKey, Finish, RunStatus},
+    runs::{DedupKey, Finish, RunStatus, message_digest},
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub(super) fn router() -> Router<AppState> {
@@ -56,7 +67,7 @@ pub(super) fn router() -> Router<AppState> {
 /// A push whose job is named by the message attribute (`JOB_ATTRIBUTE`).
 async fn push_by_attribute(
     State(state): State<AppState>,
-    CanTrigger(principal): CanTrigger,
+    CanPush(principal): CanPush,
     PushBody { headers, body }: PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, None, principal, headers, body).await
@@ -66,14 +77,14 @@ async fn push_by_attribute(
 async fn push_to_job(
     State(state): State<AppState>,
     Path(job): Path<String>,
-    CanTrigger(principal): CanTrigger,
+    CanPush(principal): CanPush,
     PushBody { headers, body }: PushBody,
 ) -> Result<StatusCode, Error> {
     handle(state, Some(job), principal, headers, body).await
 }
 
-/// The request body, read into one buffer sized by `Content-Length`: a 13 MB
-/// envelope costs 13 MB, where collecting chunks and then joining them would
+/// The request body, read into one buffer sized by `Content-Length`: the
+/// envelope is held once, where collecting chunks and then joining them would
 /// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413. The
 /// headers come with it, moved out of the request rather than copied.
 struct PushBody {
@@ -174,12 +185,14 @@ async fn handle(
 
     // Recorded and claimed by (subscription, message id) before anything
     // runs: a store outage is a 503 (nack), never an ack without a record.
+    let content = message_digest(&job, &data);
     let outcome = state
         .runner()
         .run(RunRequest {
             dedup: Some(DedupKey::push(
                 meta.subscription.as_deref(),
                 &meta.message_id,
+                content,
             )),
             job: job.clone(),
             source: RunSource::Push,
@@ -222,6 +235,36 @@ async fn handle(
                 run_id: original_run_id,
             })
         }
+        Outcome::Conflict {
+            run_id,
+            original_run_id,
+            claimed,
+        } => {
+            // Pub/Sub never changes a message it redelivers: kept (nacked or
+            // dead-lettered) for an operator, never acked as a duplicate.
+            // The record stays `conflict`; the error line carries both runs.
+            let reason = Reason {
+                kind: "message_conflict",
+                text: format!(
+                    "message {} was already claimed by run {original_run_id} with other content ({claimed}); this delivery, run {run_id} ({content}), was not run",
+                    meta.message_id
+                ),
+                job: Some(&job),
+            };
+            let err = Error::MessageConflict {
+                run_id: original_run_id,
+            };
+            let span = tracing::error_span!(
+                "message_conflict",
+                claimed_run_id = %original_run_id,
+                conflict_run_id = %run_id,
+                claimed_digest = %claimed,
+                digest = %content,
+            );
+            permanent_failure(&state, &meta, &data, reason, err, None)
+                .instrument(span)
+                .await
+        }
     }
 }
 
@@ -239,16 +282,24 @@ async fn permanent_failure(
     run_id: Option<Uuid>,
 ) -> Result<StatusCode, Error> {
     let Some(dead_letter) = &state.dead_letter else {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently (nacked; the subscription's dead-letter policy will catch it)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently (nacked; the subscription's dead-letter policy will catch it)"
+        );
         return Err(err);
     };
     if data.len() > pubsub::MAX_MESSAGE_BYTES {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently and is too large to dead-letter (nacked)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently and is too large to dead-letter (nacked)"
+        );
         return Err(err);
     }
     match dead_letter.publish(meta, data, &reason).await {
         Ok(id) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
             if let Some(run_id) = run_id
                 && let Err(e) = state
                     .runs
@@ -262,7 +313,7 @@ async fn permanent_failure(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(publish_error) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
             Err(Error::DeadLetterFailed(format!("{publish_error:#}")))
         }
     }

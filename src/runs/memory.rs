@@ -23,7 +23,8 @@ use uuid::Uuid;
 use super::RunSource;
 use super::{
     ABANDONED, Claim, ClaimState, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
-    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings, now_micros,
+    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings,
+    conflict_error, now_micros,
 };
 
 #[derive(Debug)]
@@ -31,6 +32,8 @@ struct KeyClaim {
     run_id: Uuid,
     state: ClaimState,
     lease_until: Instant,
+    /// What the holder claimed (push keys): another content is a conflict.
+    content: Option<PayloadDigest>,
 }
 
 /// A record as kept: 200 bytes inline, with payload and output as their
@@ -39,12 +42,9 @@ struct KeyClaim {
 /// over and over) shared between records, and what a succeeding push lacks
 /// behind one pointer ([`Rare`]). [`RunRecord`]s are built only for readers.
 ///
-/// With its claim, heap parts and the allocator's overhead a record cost
-/// about 1.8 KB when it held a whole [`RunRecord`], about 1 KB once
-/// compacted (measured as the RSS of 100 against 10,000 and 20,000 records
-/// under push load), and about 0.6 KB since [`Rare`] and [`Runs`]: the
-/// peak RSS of 6 s of pushes (`scripts/bench-ab.sh`, ledger full) fell from
-/// 25,108 to 21,368 KiB (medians of 3 runs each).
+/// Why so compact: a full ledger is most of the worker's memory under load,
+/// so every byte a record keeps inline counts once per record
+/// (`scripts/bench-ab.sh` with the ledger full shows what a change costs).
 #[derive(Debug)]
 struct Stored {
     job: Arc<str>,
@@ -163,9 +163,9 @@ struct Shared {
     principals: HashSet<Arc<RunPrincipal>, Hasher>,
 }
 
-/// foldhash, seeded per process: SipHash cost about 2k instructions per
-/// push under callgrind (four to six hashes per run), and these keys come
-/// from verified callers only.
+/// foldhash, seeded per process: SipHash showed among a push's heaviest
+/// functions under callgrind (four to six hashes per run), and these keys
+/// come from verified callers only.
 type Hasher = foldhash::fast::RandomState;
 
 impl Shared {
@@ -199,9 +199,9 @@ impl Shared {
 /// Not a `BTreeMap`: run ids are UUIDv7 taken just before the insert, so
 /// nearly every insert lands at the back (or a few places from it) and the
 /// oldest leave from the front. A B-tree fed in order leaves its nodes about
-/// half full; 10,000 records of 316 bytes held 5,860 KiB in a `BTreeMap`
-/// and 3,132 KiB in a deque (measured, RSS). The deque grows to at most one past the
-/// count bound, never to the next power of two.
+/// half full, so the same records take far more memory than in a deque. The
+/// deque grows to at most one past the count bound, never to the next power
+/// of two.
 #[derive(Debug)]
 struct Runs {
     sorted: VecDeque<(Uuid, Stored)>,
@@ -224,8 +224,8 @@ impl Runs {
     /// Where `run_id` is (`Ok`) or would go (`Err`). Galloping from the back,
     /// then a binary search in the last stride: the runs being begun and
     /// finished are the newest, a few places from the end, and a plain binary
-    /// search over 10,000 records touches fourteen cache lines across 2 MB
-    /// (1.8 % of the worker's CPU on a push load, by `perf`).
+    /// search over a full ledger touches a cold cache line at every probe (it
+    /// showed under `perf` on a push load).
     fn position(&self, run_id: &Uuid) -> Result<usize, usize> {
         // Every index at or past `upper` holds a greater id.
         let mut upper = self.sorted.len();
@@ -341,6 +341,7 @@ impl MemoryStore {
         let now = Instant::now();
         let mut inner = self.lock();
         let mut record = new.record;
+        let content = new.dedup.as_ref().and_then(|k| k.content());
         // One copy of the key, shared by the claim and the record.
         let dedup_key: Option<Arc<str>> = new.dedup.map(|k| k.as_str().into());
         let claim = match &dedup_key {
@@ -349,16 +350,27 @@ impl MemoryStore {
                 let existing = inner
                     .claims
                     .get(key)
-                    .map(|c| (c.run_id, c.state, c.lease_until));
+                    .map(|c| (c.run_id, c.state, c.lease_until, c.content));
+                let held = |state, until| {
+                    state == ClaimState::Done || (state == ClaimState::Running && until > now)
+                };
                 match existing {
-                    Some((holder, ClaimState::Done, _)) => Claim::Done {
+                    Some((holder, state, until, Some(claimed)))
+                        if held(state, until) && content.is_some_and(|c| c != claimed) =>
+                    {
+                        Claim::Conflict {
+                            original_run_id: holder,
+                            claimed,
+                        }
+                    }
+                    Some((holder, ClaimState::Done, _, _)) => Claim::Done {
                         original_run_id: holder,
                         original: inner
                             .runs
                             .get(&holder)
                             .map(|s| Box::new(s.to_record(holder))),
                     },
-                    Some((holder, ClaimState::Running, until)) if until > now => {
+                    Some((holder, ClaimState::Running, until, _)) if until > now => {
                         Claim::InProgress {
                             original_run_id: holder,
                             original: inner
@@ -368,7 +380,7 @@ impl MemoryStore {
                         }
                     }
                     previous => {
-                        if let Some((holder, ClaimState::Running, _)) = previous {
+                        if let Some((holder, ClaimState::Running, _, _)) = previous {
                             mark_failed(&mut inner, holder, LEASE_EXPIRED);
                         }
                         inner.claims.insert(
@@ -377,6 +389,7 @@ impl MemoryStore {
                                 run_id: record.run_id,
                                 state: ClaimState::Running,
                                 lease_until: now + self.settings.lease,
+                                content,
                             },
                         );
                         Claim::Started
@@ -402,6 +415,17 @@ impl MemoryStore {
                         "run {original_run_id} was in progress; answered 409 so the delivery comes back"
                     ));
                 }
+            }
+            Claim::Conflict {
+                original_run_id,
+                claimed,
+            } => {
+                record.status = RunStatus::Conflict;
+                record.duplicate_of = Some(*original_run_id);
+                record.finished_at = Some(record.started_at);
+                record.duration_ms = Some(0);
+                record.error_kind = Some("message_conflict".to_owned());
+                record.error = content.map(|c| conflict_error(*original_run_id, *claimed, c));
             }
         }
         let run_id = record.run_id;
@@ -561,6 +585,11 @@ mod tests {
     }
 
     fn new_run(key: Option<&str>) -> NewRun {
+        new_run_of(key, b"{}")
+    }
+
+    /// A push run of `key` whose message carries `data`.
+    fn new_run_of(key: Option<&str>, data: &[u8]) -> NewRun {
         NewRun {
             record: RunRecord {
                 run_id: Uuid::now_v7(),
@@ -588,7 +617,7 @@ mod tests {
                 duplicate_of: None,
                 dedup_key: None,
             },
-            dedup: key.map(|k| DedupKey::push(None, k)),
+            dedup: key.map(|k| DedupKey::push(None, k, crate::runs::message_digest("echo", data))),
         }
     }
 
@@ -610,6 +639,54 @@ mod tests {
             store.begin(new_run(Some("m1"))).await.unwrap(),
             Claim::Done { original_run_id, .. } if original_run_id == first_id
         ));
+    }
+
+    /// Another content under a held key is a conflict, recorded as such,
+    /// whether the holder runs or is done; the same content stays a plain
+    /// duplicate, and a failed holder still frees the key for any content.
+    #[tokio::test]
+    async fn other_content_under_a_held_key_is_a_conflict() {
+        let store = MemoryStore::new(settings(Duration::from_secs(60), 100));
+        let first = new_run_of(Some("m3"), b"A");
+        let first_id = first.record.run_id;
+        let claimed = first.dedup.as_ref().and_then(DedupKey::content).unwrap();
+        assert_eq!(store.begin(first).await.unwrap(), Claim::Started);
+        let expected = Claim::Conflict {
+            original_run_id: first_id,
+            claimed,
+        };
+        assert_eq!(
+            store.begin(new_run_of(Some("m3"), b"B")).await.unwrap(),
+            expected
+        );
+        store
+            .finish(first_id, Finish::status(RunStatus::Succeeded))
+            .await
+            .unwrap();
+        let late = new_run_of(Some("m3"), b"B");
+        let late_id = late.record.run_id;
+        assert_eq!(store.begin(late).await.unwrap(), expected);
+        let late = store.get(late_id).await.unwrap().unwrap();
+        assert_eq!(late.status, RunStatus::Conflict);
+        assert_eq!(late.duplicate_of, Some(first_id));
+        assert_eq!(late.error_kind.as_deref(), Some("message_conflict"));
+        assert!(late.error.unwrap().contains(&first_id.to_string()));
+        assert!(matches!(
+            store.begin(new_run_of(Some("m3"), b"A")).await.unwrap(),
+            Claim::Done { original_run_id, .. } if original_run_id == first_id
+        ));
+
+        let failed = new_run_of(Some("m4"), b"A");
+        let failed_id = failed.record.run_id;
+        store.begin(failed).await.unwrap();
+        store
+            .finish(failed_id, Finish::status(RunStatus::FailedTransient))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.begin(new_run_of(Some("m4"), b"B")).await.unwrap(),
+            Claim::Started
+        );
     }
 
     #[tokio::test]

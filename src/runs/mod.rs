@@ -14,7 +14,13 @@
 //!   request is recorded as a `duplicate` and not run again ([`Claim::Done`]);
 //! - the key's run is running now, lease not expired: recorded as a
 //!   `duplicate` and answered "in progress" ([`Claim::InProgress`]), which on
-//!   the push path is a nack so the message comes back if that run dies.
+//!   the push path is a nack so the message comes back if that run dies;
+//! - on the push path, the key is held (done or running) by a run of other
+//!   content: recorded as a `conflict` ([`Claim::Conflict`]) and never acked
+//!   as a duplicate. A push key carries a digest of the job and data it
+//!   claims ([`message_digest`]); Pub/Sub redelivers a message unchanged, so
+//!   a second content under one message id is something to look at, not a
+//!   repeat to drop.
 //!
 //! The lease ([`StoreSettings::lease`], `RUN_LEASE_SECS`) outlives the job
 //! timeout, so a live run never loses its key; a crashed instance blocks its
@@ -90,17 +96,22 @@ pub enum RunStatus {
     DeadLettered,
     /// A repeat of a key that was done or running; the job did not run.
     Duplicate,
+    /// A delivery of a message id held by a run of other content (job or
+    /// data); the job did not run, and the delivery is dead-lettered or
+    /// nacked, never acked as a duplicate.
+    Conflict,
 }
 
 impl RunStatus {
     /// Every status, in the order the API documents them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Running,
         Self::Succeeded,
         Self::FailedTransient,
         Self::FailedPermanent,
         Self::DeadLettered,
         Self::Duplicate,
+        Self::Conflict,
     ];
 
     /// The status's name in JSON, SQL and query strings.
@@ -112,6 +123,7 @@ impl RunStatus {
             Self::FailedPermanent => "failed_permanent",
             Self::DeadLettered => "dead_lettered",
             Self::Duplicate => "duplicate",
+            Self::Conflict => "conflict",
         }
     }
 
@@ -126,7 +138,7 @@ impl RunStatus {
         match self {
             Self::Succeeded | Self::DeadLettered => Some(ClaimState::Done),
             Self::FailedTransient | Self::FailedPermanent => Some(ClaimState::Failed),
-            Self::Running | Self::Duplicate => None,
+            Self::Running | Self::Duplicate | Self::Conflict => None,
         }
     }
 }
@@ -183,27 +195,62 @@ impl From<&Principal> for RunPrincipal {
 /// by (job, principal id, `Idempotency-Key`), so two people's keys never
 /// collide and a key is not shared across jobs. The parts are joined with a
 /// unit separator, which none of them can contain.
+///
+/// A push key also carries the digest of what it claims
+/// ([`message_digest`]): a delivery under a held key with another digest is a
+/// [`Claim::Conflict`]. Manual keys carry none (`POST /jobs/{name}` compares
+/// the payloads itself and answers 422).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DedupKey(String);
+pub struct DedupKey {
+    key: String,
+    content: Option<PayloadDigest>,
+}
 
 impl DedupKey {
-    /// The key of a Pub/Sub message.
-    pub fn push(subscription: Option<&str>, message_id: &str) -> Self {
-        Self(format!(
-            "push\u{1f}{}\u{1f}{message_id}",
-            subscription.unwrap_or_default()
-        ))
+    /// The key of a Pub/Sub message, claiming `content` (see
+    /// [`message_digest`]).
+    pub fn push(subscription: Option<&str>, message_id: &str, content: PayloadDigest) -> Self {
+        Self {
+            key: format!(
+                "push\u{1f}{}\u{1f}{message_id}",
+                subscription.unwrap_or_default()
+            ),
+            content: Some(content),
+        }
     }
 
     /// The key of a manual (or service) trigger with an `Idempotency-Key`.
     pub fn manual(job: &str, principal_id: &str, key: &str) -> Self {
-        Self(format!("manual\u{1f}{job}\u{1f}{principal_id}\u{1f}{key}"))
+        Self {
+            key: format!("manual\u{1f}{job}\u{1f}{principal_id}\u{1f}{key}"),
+            content: None,
+        }
     }
 
     /// The key as stored.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
     }
+
+    /// The digest of what the key claims, on the push path.
+    pub fn content(&self) -> Option<PayloadDigest> {
+        self.content
+    }
+}
+
+/// What a push claims: SHA-256 of the job it routes to and the decoded
+/// data, the job's name length-prefixed so that no two pairs share a digest.
+/// Attributes other than the job are left out: on an unwrapped delivery they
+/// are headers, which proxies may add to or change between deliveries.
+pub fn message_digest(job: &str, data: &[u8]) -> PayloadDigest {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(b"pushworker message v1\0");
+    context.update(&(job.len() as u64).to_be_bytes());
+    context.update(job.as_bytes());
+    context.update(data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    PayloadDigest(out)
 }
 
 /// One run, as recorded and as `GET /runs` shows it.
@@ -250,7 +297,7 @@ pub struct RunRecord {
     pub output: Option<JsonText>,
     /// Whether the output was left out for its size.
     pub output_truncated: bool,
-    /// On a `duplicate`: the run that held the key.
+    /// On a `duplicate` or a `conflict`: the run that held the key.
     pub duplicate_of: Option<Uuid>,
     /// The claimed key, if any (internal: the parts above are public).
     #[serde(skip)]
@@ -288,6 +335,21 @@ pub enum Claim {
         /// Its record.
         original: Option<Box<RunRecord>>,
     },
+    /// The key is held (done or running) by a run whose content digest is
+    /// not this request's; recorded as a `conflict`, nothing ran.
+    Conflict {
+        /// The run that holds the key.
+        original_run_id: Uuid,
+        /// The digest that run claimed.
+        claimed: PayloadDigest,
+    },
+}
+
+/// The error text of a `conflict` record.
+pub fn conflict_error(holder: Uuid, claimed: PayloadDigest, content: PayloadDigest) -> String {
+    format!(
+        "message already claimed by run {holder} with other content ({claimed}; this delivery: {content}); not run"
+    )
 }
 
 /// How a run ended, for [`RunStore::finish`].
@@ -298,7 +360,7 @@ pub enum Claim {
 /// `Finish::status(RunStatus::DeadLettered)`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
-    /// The final status (not `running` or `duplicate`).
+    /// The final status (not `running`, `duplicate` or `conflict`).
     pub status: RunStatus,
     /// When it ended.
     pub finished_at: Option<OffsetDateTime>,
@@ -574,13 +636,35 @@ mod tests {
 
     #[test]
     fn dedup_keys_of_different_sources_never_collide() {
+        let content = message_digest("echo", b"{}");
         assert_ne!(
-            DedupKey::push(Some("s"), "1").as_str(),
+            DedupKey::push(Some("s"), "1", content).as_str(),
             DedupKey::manual("s", "1", "").as_str()
         );
         assert_ne!(
-            DedupKey::push(None, "1").as_str(),
-            DedupKey::push(Some("x"), "1").as_str()
+            DedupKey::push(None, "1", content).as_str(),
+            DedupKey::push(Some("x"), "1", content).as_str()
         );
+    }
+
+    /// The key is the message alone; its content is carried beside it.
+    #[test]
+    fn push_keys_carry_their_content_beside_the_key() {
+        let a = DedupKey::push(Some("s"), "1", message_digest("echo", b"a"));
+        let b = DedupKey::push(Some("s"), "1", message_digest("echo", b"b"));
+        assert_eq!(a.as_str(), b.as_str());
+        assert_ne!(a.content(), b.content());
+        assert_eq!(DedupKey::manual("j", "u", "k").content(), None);
+    }
+
+    /// Job and data both count, and their boundary cannot be moved.
+    #[test]
+    fn message_digests_tell_job_and_data_apart() {
+        let d = message_digest;
+        assert_eq!(d("echo", b"{}"), d("echo", b"{}"));
+        assert_ne!(d("echo", b"{}"), d("count", b"{}"));
+        assert_ne!(d("echo", b"{\"a\":1}"), d("echo", b"{\"a\":2}"));
+        assert_ne!(d("ab", b"c"), d("a", b"bc"));
+        assert_ne!(d("echo", b"{}"), digest(b"{}"));
     }
 }

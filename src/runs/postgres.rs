@@ -31,6 +31,7 @@ use super::RunSource;
 use super::{
     ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
+    conflict_error,
 };
 
 /// The embedded migrations.
@@ -58,11 +59,12 @@ const INSERT_RUN: &str = "INSERT INTO runs (run_id, job, source, principal_kind,
 /// The claim: insert the key, or take it over from a failed run or an
 /// expired lease. No row back means the key is done or running elsewhere.
 const CLAIM: &str = "INSERT INTO run_claims AS c \
-        (dedup_key, run_id, state, lease_until, previous_run_id, updated_at) \
-    VALUES ($1, $2, 'running', now() + make_interval(secs => $3), NULL, now()) \
+        (dedup_key, run_id, state, lease_until, previous_run_id, updated_at, content_digest) \
+    VALUES ($1, $2, 'running', now() + make_interval(secs => $3), NULL, now(), $4) \
     ON CONFLICT (dedup_key) DO UPDATE \
         SET run_id = EXCLUDED.run_id, state = 'running', lease_until = EXCLUDED.lease_until, \
-            previous_run_id = c.run_id, updated_at = now() \
+            previous_run_id = c.run_id, updated_at = now(), \
+            content_digest = EXCLUDED.content_digest \
         WHERE c.state = 'failed' OR (c.state = 'running' AND c.lease_until <= now()) \
     RETURNING previous_run_id";
 
@@ -70,7 +72,7 @@ const CLAIM: &str = "INSERT INTO run_claims AS c \
 const MARK_LEASE_EXPIRED: &str = "UPDATE runs SET status = 'failed_transient', error = $2, \
     error_kind = 'lease_expired', finished_at = now() WHERE run_id = $1 AND status = 'running'";
 
-const HOLDER: &str = "SELECT run_id, state FROM run_claims WHERE dedup_key = $1";
+const HOLDER: &str = "SELECT run_id, state, content_digest FROM run_claims WHERE dedup_key = $1";
 
 const FINISH_RUN: &str = "UPDATE runs SET status = $2, \
         finished_at = COALESCE($3, finished_at), duration_ms = COALESCE($4, duration_ms), \
@@ -270,10 +272,12 @@ impl PgStore {
             tx.commit().await.map_err(unavailable("committing a run"))?;
             return Ok(Claim::Started);
         };
+        let content = key.content();
         let claimed = sqlx::query(CLAIM)
             .bind(key.as_str())
             .bind(record.run_id)
             .bind(self.settings.lease.as_secs_f64())
+            .bind(content.map(|c| c.to_string()))
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable("claiming a key"))?;
@@ -305,11 +309,29 @@ impl PgStore {
                 let state: String = holder
                     .try_get("state")
                     .map_err(unavailable("reading a claim"))?;
-                let original = fetch_run(&mut tx, holder_id).await?.map(Box::new);
-                record.status = RunStatus::Duplicate;
+                // NULL for manual keys and for claims older than the column.
+                let claimed: Option<String> = holder
+                    .try_get("content_digest")
+                    .map_err(unavailable("reading a claim"))?;
+                let claimed = claimed.as_deref().and_then(PayloadDigest::parse);
                 record.duplicate_of = Some(holder_id);
                 record.finished_at = Some(record.started_at);
                 record.duration_ms = Some(0);
+                if let (Some(claimed), Some(content)) = (claimed, content)
+                    && claimed != content
+                {
+                    record.status = RunStatus::Conflict;
+                    record.error_kind = Some("message_conflict".to_owned());
+                    record.error = Some(conflict_error(holder_id, claimed, content));
+                    insert_run(&mut tx, &record).await?;
+                    tx.commit().await.map_err(unavailable("committing a run"))?;
+                    return Ok(Claim::Conflict {
+                        original_run_id: holder_id,
+                        claimed,
+                    });
+                }
+                let original = fetch_run(&mut tx, holder_id).await?.map(Box::new);
+                record.status = RunStatus::Duplicate;
                 if state == "done" {
                     Claim::Done {
                         original_run_id: holder_id,

@@ -543,3 +543,63 @@ async fn native_push_is_refused(emulator: &Emulator, app: &TestApp) {
     assert_eq!(left.len(), 1, "never acked: still in Pub/Sub");
     assert_eq!(left[0].data.as_ref(), br#"{"message":"pushed natively"}"#);
 }
+
+/// With a dead-letter topic, a conflicting delivery (the message id of a run
+/// that succeeded, other data) is published there, with its own data and
+/// `message_conflict` as the reason, and only then acked; its record stays
+/// `conflict`. A same-content redelivery is still a plain acked duplicate.
+#[tokio::test]
+async fn a_conflicting_delivery_is_dead_lettered_then_acked() {
+    let emulator = Emulator::start().await;
+    let topics = emulator.target().topic_admin().await.unwrap();
+    let subs = emulator.target().subscription_admin().await.unwrap();
+    topics
+        .create_topic()
+        .set_name(topic("dead-conflict"))
+        .send()
+        .await
+        .unwrap();
+    subs.create_subscription()
+        .set_name(subscription("dead-conflict-sub"))
+        .set_topic(topic("dead-conflict"))
+        .send()
+        .await
+        .unwrap();
+    let app = spawn_app_with(Options {
+        dead_letter_topic: Some(topic("dead-conflict")),
+        emulator_host: Some(emulator.host.clone()),
+        ..Options::default()
+    })
+    .await;
+    let push = |data: &[u8]| envelope(data, &[("job", "echo")], "m-dl-conflict").to_string();
+    let a = br#"{"message": "A"}"#;
+    let b = br#"{"message": "B"}"#;
+    assert_eq!(app.push(&google_token(), push(a)).await.status(), 204);
+    assert_eq!(app.push(&google_token(), push(a)).await.status(), 204);
+    assert_eq!(
+        app.push(&google_token(), push(b)).await.status(),
+        204,
+        "dead-lettered, then acked"
+    );
+    let dead = drain(&emulator, "dead-conflict-sub", 1).await;
+    assert_eq!(dead.len(), 1, "only the conflict is dead-lettered");
+    assert_eq!(&dead[0].data[..], &b[..]);
+    assert_eq!(dead[0].attributes[attr::ERROR_KIND], "message_conflict");
+    assert_eq!(dead[0].attributes[attr::MESSAGE_ID], "m-dl-conflict");
+    assert_eq!(dead[0].attributes["job"], "echo");
+
+    let runs = app.all_runs("").await;
+    let status = |s: &str| runs.iter().filter(|r| r["status"] == s).count();
+    assert_eq!(
+        (status("succeeded"), status("duplicate"), status("conflict")),
+        (1, 1, 1),
+        "{runs:?}"
+    );
+    let conflict = runs.iter().find(|r| r["status"] == "conflict").unwrap();
+    let original = runs.iter().find(|r| r["status"] == "succeeded").unwrap();
+    assert_eq!(conflict["duplicate_of"], original["run_id"]);
+    assert!(
+        dead[0].attributes[attr::ERROR].contains(original["run_id"].as_str().unwrap()),
+        "the reason names the run that holds the id"
+    );
+}

@@ -19,7 +19,8 @@ use pushworker::{
         ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
         Secret, TriggerPolicy,
     },
-    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
+    server::HttpServerConfig,
+    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource, webhook},
     pubsub::MessageMeta,
     runs::RunStore,
     startup::Application,
@@ -383,6 +384,12 @@ pub struct Options {
     pub token_cache_max_entries: usize,
     /// The `count` job's counter.
     pub counter: Arc<AtomicUsize>,
+    /// The HTTP server's timeouts and connection bound.
+    pub http: HttpServerConfig,
+    /// `WEBHOOK_ALLOWED_HOSTS`.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// `WEBHOOK_MAX_RESPONSE_BYTES`.
+    pub webhook_max_response_bytes: u64,
 }
 
 impl Default for Options {
@@ -407,8 +414,20 @@ impl Default for Options {
             payload_cap: 64 * 1024,
             token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
+            http: HttpServerConfig::default(),
+            webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+            webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
+}
+
+/// The webhook job's settings from `options`.
+pub fn webhook_config(options: &Options) -> webhook::WebhookConfig {
+    webhook::WebhookConfig::new(
+        &options.webhook_allowed_hosts,
+        options.webhook_max_response_bytes,
+    )
+    .expect("valid webhook settings")
 }
 
 pub struct TestApp {
@@ -465,7 +484,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             max_stale: options.max_stale,
             fetch_timeout: options.fetch_timeout,
         },
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(options),
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
@@ -477,6 +496,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             ..RunsConfig::defaults(options.job_timeout)
         },
         shutdown_grace: Duration::from_secs(2),
+        http: options.http.clone(),
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
@@ -490,8 +510,9 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     let http = reqwest::Client::new();
     let jobs = JobRegistry::builtin(&JobDeps {
         http,
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(&options),
     })
+    .expect("built-in jobs")
     .register(FlakyOnce {
         attempts: Arc::default(),
         record: record.clone(),

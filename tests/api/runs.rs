@@ -840,7 +840,7 @@ async fn runs_api(app: &TestApp) {
     let bad = [
         (
             "status=timed_out",
-            "running, succeeded, failed_transient, failed_permanent, dead_lettered, duplicate",
+            "running, succeeded, failed_transient, failed_permanent, dead_lettered, duplicate, conflict",
         ),
         ("source=cron", "push, manual, service"),
         ("limit=0", "1 to 200"),
