@@ -23,8 +23,8 @@ use crate::{
     principal::Principal,
     pubsub::MessageMeta,
     runs::{
-        Claim, DedupKey, Finish, JsonText, NewRun, RunPrincipal, RunRecord, RunSource, RunStatus,
-        RunStore, StoreError, digest, now_micros, truncate,
+        Claim, DedupKey, Finish, JsonText, NewRun, PayloadDigest, RunPrincipal, RunRecord,
+        RunSource, RunStatus, RunStore, StoreError, digest, now_micros, truncate,
     },
 };
 

@@ -19,10 +19,10 @@ use pushworker::{
         ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
         Secret, TriggerPolicy,
     },
-    server::HttpServerConfig,
     jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource, webhook},
     pubsub::MessageMeta,
     runs::RunStore,
+    server::HttpServerConfig,
     startup::Application,
 };
 use serde_json::{Value, json};
