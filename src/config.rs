@@ -153,6 +153,28 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// Connections each instance opens to PostgreSQL. Keep instances × pool
+    /// within the server's `max_connections` minus its reserve (Cloud SQL:
+    /// by tier; Cloud Run: `--max-instances`).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: u32,
+
+    /// Longest one ledger statement may run on PostgreSQL, in seconds
+    /// (`statement_timeout`, per connection); past it the request is a 503.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 5)]
+    pub database_statement_timeout_secs: u64,
+
+    /// Most claims (or finishes) written together in one statement and one
+    /// commit.
+    #[arg(long, env = "DATABASE_BATCH_MAX_ROWS", default_value_t = 32)]
+    pub database_batch_max_rows: usize,
+
+    /// Longest a claim (or finish) waits for others to share its statement,
+    /// in milliseconds; only while another batch is being written (an idle
+    /// instance writes at once). 0: never wait.
+    #[arg(long, env = "DATABASE_BATCH_MAX_WAIT_MS", default_value_t = 1)]
+    pub database_batch_max_wait_ms: u64,
+
     /// How long a run holds its message (or `Idempotency-Key`) without
     /// finishing before a redelivery may take over, in seconds: how long a
     /// crashed instance blocks a message. Must exceed `JOB_TIMEOUT_SECS`
@@ -333,6 +355,8 @@ pub struct RunsConfig {
     pub max_records: usize,
     /// How long records are kept.
     pub retention: Duration,
+    /// The PostgreSQL ledger's pool and batching.
+    pub postgres: crate::runs::postgres::PgSettings,
     /// The Clerk permission that allows reading runs.
     pub view_permission: String,
     /// Largest payload kept in a record.
@@ -350,6 +374,7 @@ impl RunsConfig {
             lease: job_timeout + Duration::from_secs(30),
             max_records: 10_000,
             retention: Duration::from_secs(168 * 3600),
+            postgres: crate::runs::postgres::PgSettings::default(),
             view_permission: "org:jobs:read".to_owned(),
             payload_cap: 64 * 1024,
             output_cap: 64 * 1024,
@@ -362,6 +387,7 @@ impl RunsConfig {
             lease: self.lease,
             retention: self.retention,
             max_records: self.max_records,
+            postgres: self.postgres,
         }
     }
 }
@@ -551,8 +577,38 @@ fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
             );
         }
     }
+    if args.database_pool_size < 2 || args.database_pool_size > 1000 {
+        bail!(
+            "DATABASE_POOL_SIZE: {} is out of range; use 2 to 1000 (and keep instances × pool within PostgreSQL's max_connections)",
+            args.database_pool_size
+        );
+    }
+    if args.database_statement_timeout_secs == 0 || args.database_statement_timeout_secs > 600 {
+        bail!(
+            "DATABASE_STATEMENT_TIMEOUT_SECS: {} is out of range; use 1 to 600",
+            args.database_statement_timeout_secs
+        );
+    }
+    if args.database_batch_max_rows == 0 || args.database_batch_max_rows > 1000 {
+        bail!(
+            "DATABASE_BATCH_MAX_ROWS: {} is out of range; use 1 (no batching) to 1000",
+            args.database_batch_max_rows
+        );
+    }
+    if args.database_batch_max_wait_ms > 1000 {
+        bail!(
+            "DATABASE_BATCH_MAX_WAIT_MS: {} is out of range; use 0 to 1000",
+            args.database_batch_max_wait_ms
+        );
+    }
     Ok(RunsConfig {
         database_url,
+        postgres: crate::runs::postgres::PgSettings {
+            pool_size: args.database_pool_size,
+            statement_timeout: Duration::from_secs(args.database_statement_timeout_secs),
+            batch_max_rows: args.database_batch_max_rows,
+            batch_max_wait: Duration::from_millis(args.database_batch_max_wait_ms),
+        },
         lease: Duration::from_secs(lease_secs),
         max_records: args.runs_max_records,
         retention: Duration::from_secs(args.runs_retention_hours * 3600),

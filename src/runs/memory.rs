@@ -587,6 +587,7 @@ mod tests {
             lease,
             retention: Duration::from_secs(3600),
             max_records,
+            postgres: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ mod emulator;
 mod helpers;
 mod jobs;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod push;
 mod reliability;
