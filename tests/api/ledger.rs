@@ -351,6 +351,7 @@ async fn script(
     store: &dyn RunStore,
     steps: &[Vec<NewRun>],
     finishes: &[Option<(usize, RunStatus)>],
+    ended_at: time::OffsetDateTime,
 ) -> Vec<Claim> {
     let mut claims = Vec::new();
     let mut begun: Vec<uuid::Uuid> = Vec::new();
@@ -362,7 +363,7 @@ async fn script(
         }
         if let Some((at, status)) = finish {
             let mut end = Finish::status(*status);
-            end.finished_at = Some(now_micros());
+            end.finished_at = Some(ended_at);
             end.duration_ms = Some(3);
             assert!(store.finish(begun[*at], end).await.unwrap());
         }
@@ -407,8 +408,9 @@ async fn postgres_batched_claims_record_what_the_memory_ledger_records() {
         None,
         None,
     ];
-    let from_pg = script(&pg, &steps, &finishes).await;
-    let from_memory = script(&memory, &steps, &finishes).await;
+    let ended_at = now_micros();
+    let from_pg = script(&pg, &steps, &finishes, ended_at).await;
+    let from_memory = script(&memory, &steps, &finishes, ended_at).await;
     assert_eq!(from_pg, from_memory);
     let kinds: Vec<&str> = from_pg
         .iter()

@@ -241,6 +241,10 @@ fn fail_all<T>(n: usize, what: &str, e: &sqlx::Error) -> Answers<T> {
         .collect()
 }
 
+/// A claim's outcome as the statement answers it: `running`, `conflict`,
+/// `done` or `in_progress`; the holder; the holder's claimed digest.
+type Outcome = (String, Option<Uuid>, Option<String>);
+
 /// Writes a batch of claims: one statement, one commit. Then, for the
 /// requests whose key was done or running, the holders' records (a read).
 async fn write_claims(
@@ -303,8 +307,7 @@ async fn write_claims(
         .bind(LEASE_EXPIRED)
         .fetch_all(&mut *conn)
         .await?;
-    // (outcome, holder, the holder's claimed digest), by request.
-    let mut outcomes: Vec<Option<(String, Option<Uuid>, Option<String>)>> = vec![None; n];
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     for row in &rows {
         let ord: i64 = row.try_get("ord")?;
         let at = usize::try_from(ord - 1)
