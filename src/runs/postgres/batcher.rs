@@ -39,6 +39,9 @@ struct Request<I, O> {
     reply: oneshot::Sender<Result<O, StoreError>>,
 }
 
+/// Told of an answer whose caller had gone by the time it was ready.
+pub type OrphanFn<O> = Arc<dyn Fn(O) + Send + Sync>;
+
 /// The sending side; the task stops when every handle is dropped.
 pub struct Batcher<I, O> {
     requests: mpsc::Sender<Request<I, O>>,
@@ -60,10 +63,10 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the task (inside a Tokio runtime).
-    pub fn spawn(limits: BatchLimits, write: WriteFn<I, O>) -> Self {
+    pub fn spawn(limits: BatchLimits, write: WriteFn<I, O>, orphan: Option<OrphanFn<O>>) -> Self {
         let max_rows = limits.max_rows.max(1);
         let (requests, rx) = mpsc::channel(max_rows.saturating_mul(64));
-        tokio::spawn(run(rx, limits, write));
+        tokio::spawn(run(rx, limits, write, orphan));
         Self { requests }
     }
 
@@ -96,6 +99,7 @@ async fn run<I: Send + 'static, O: Send + 'static>(
     mut rx: mpsc::Receiver<Request<I, O>>,
     limits: BatchLimits,
     write: WriteFn<I, O>,
+    orphan: Option<OrphanFn<O>>,
 ) {
     let max_rows = limits.max_rows.max(1);
     let slots = limits.in_flight.max(1);
@@ -136,6 +140,7 @@ async fn run<I: Send + 'static, O: Send + 'static>(
             continue;
         }
         let write = Arc::clone(&write);
+        let orphan = orphan.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (items, replies): (Vec<I>, Vec<_>) =
@@ -148,8 +153,10 @@ async fn run<I: Send + 'static, O: Send + 'static>(
                         "a batch of {count} got fewer answers than requests"
                     )))
                 });
-                // The caller may have gone meanwhile; its answer is moot.
-                let _ = reply.send(answer);
+                // The caller may have gone while its batch was written.
+                if let (Err(Ok(answer)), Some(orphan)) = (reply.send(answer), &orphan) {
+                    orphan(answer);
+                }
             }
         });
     }
@@ -182,6 +189,7 @@ mod tests {
                 in_flight: 2,
             },
             recording(Arc::clone(&sizes), Duration::ZERO),
+            None,
         );
         let start = std::time::Instant::now();
         assert_eq!(batcher.submit(21).await.unwrap(), 42);
@@ -201,6 +209,7 @@ mod tests {
                 in_flight: 1,
             },
             recording(Arc::clone(&sizes), Duration::from_millis(20)),
+            None,
         );
         let answers = futures::future::join_all((0..40).map(|i| batcher.submit(i))).await;
         for (i, answer) in answers.into_iter().enumerate() {
@@ -230,6 +239,7 @@ mod tests {
                 in_flight: 1,
             },
             write,
+            None,
         );
         let answers = futures::future::join_all((0..10).map(|i| batcher.submit(i))).await;
         assert!(answers.iter().all(Result::is_err));

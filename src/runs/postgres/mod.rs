@@ -40,7 +40,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use batcher::BatchLimits;
-use batcher::{Answers, Batcher, WriteFn};
+use batcher::{Answers, Batcher, OrphanFn, WriteFn};
 use statements::{
     CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS, RUN_COLUMNS,
 };
@@ -59,6 +59,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest one store operation may take, queueing and connection included
 /// (at least; a longer statement timeout lengthens it).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The error text of a run claimed for a request that went away before its
+/// claim was answered: the job never ran.
+const CALLER_LEFT: &str =
+    "the request went away before its run could begin; not run, and the message is free again";
 /// Rows deleted per pruning statement: each is a short transaction of its own.
 const PRUNE_BATCH: i64 = 5_000;
 
@@ -116,7 +120,7 @@ struct FinishItem {
 pub struct PgStore {
     pool: PgPool,
     settings: StoreSettings,
-    claims: Batcher<ClaimItem, Claim>,
+    claims: Batcher<ClaimItem, (Uuid, Claim)>,
     finishes: Batcher<FinishItem, bool>,
 }
 
@@ -251,7 +255,7 @@ async fn write_claims(
     pool: &PgPool,
     lease: Duration,
     items: &[ClaimItem],
-) -> Result<Vec<Claim>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Claim)>, sqlx::Error> {
     let n = items.len();
     let mut run_id = Vec::with_capacity(n);
     let mut job = Vec::with_capacity(n);
@@ -288,7 +292,7 @@ async fn write_claims(
     }
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(CLAIM_BATCH)
-        .bind(run_id)
+        .bind(&run_id)
         .bind(job)
         .bind(source)
         .bind(principal_kind)
@@ -343,13 +347,14 @@ async fn write_claims(
     }
     outcomes
         .into_iter()
+        .zip(run_id)
         .enumerate()
-        .map(|(at, outcome)| {
+        .map(|(at, (outcome, run_id))| {
             let missing =
                 || sqlx::Error::Protocol(format!("the claim gave no outcome for request {at}"));
             let (outcome, holder, claimed) = outcome.ok_or_else(missing)?;
             let holder = || holder.ok_or_else(missing);
-            Ok(match outcome.as_str() {
+            let claim = match outcome.as_str() {
                 "running" => Claim::Started,
                 "conflict" => Claim::Conflict {
                     original_run_id: holder()?,
@@ -366,7 +371,8 @@ async fn write_claims(
                     original_run_id: holder()?,
                     original: originals.get(&holder()?).cloned(),
                 },
-            })
+            };
+            Ok((run_id, claim))
         })
         .collect()
 }
@@ -481,9 +487,17 @@ impl PgStore {
             .await
             .context("DATABASE_URL: cannot connect to PostgreSQL")?;
         let lease = settings.lease;
+        let finishes = {
+            let pool = pool.clone();
+            let write: WriteFn<FinishItem, bool> = Arc::new(move |items| {
+                let pool = pool.clone();
+                Box::pin(async move { finish_distinct(&pool, items).await })
+            });
+            Batcher::spawn(pg.limits(), write, None)
+        };
         let claims = {
             let pool = pool.clone();
-            let write: WriteFn<ClaimItem, Claim> = Arc::new(move |items| {
+            let write: WriteFn<ClaimItem, (Uuid, Claim)> = Arc::new(move |items| {
                 let pool = pool.clone();
                 Box::pin(async move {
                     write_or_split(items, "claiming keys", |items| {
@@ -496,15 +510,33 @@ impl PgStore {
                     .await
                 })
             });
-            Batcher::spawn(pg.limits(), write)
-        };
-        let finishes = {
-            let pool = pool.clone();
-            let write: WriteFn<FinishItem, bool> = Arc::new(move |items| {
-                let pool = pool.clone();
-                Box::pin(async move { finish_distinct(&pool, items).await })
+            // A claim made for a request that went away while its batch was
+            // written: its job will not run, so the key is freed at once
+            // (rather than held until the lease expires).
+            let finishes = finishes.clone();
+            let orphan: OrphanFn<(Uuid, Claim)> = Arc::new(move |(run_id, claim)| {
+                if claim != Claim::Started {
+                    return;
+                }
+                let finishes = finishes.clone();
+                tokio::spawn(async move {
+                    let mut end = Finish::status(RunStatus::FailedTransient);
+                    end.finished_at = Some(super::now_micros());
+                    end.duration_ms = Some(0);
+                    end.error = Some(CALLER_LEFT.to_owned());
+                    end.error_kind = Some("caller_left".to_owned());
+                    if let Err(e) = finishes
+                        .submit(FinishItem {
+                            run_id,
+                            finish: end,
+                        })
+                        .await
+                    {
+                        tracing::warn!(%run_id, error = %e, "could not free the key of a request that went away (it is freed when its lease expires)");
+                    }
+                });
             });
-            Batcher::spawn(pg.limits(), write)
+            Batcher::spawn(pg.limits(), write, Some(orphan))
         };
         Ok(Self {
             pool,
@@ -527,7 +559,8 @@ impl PgStore {
         let mut record = new.record;
         record.dedup_key = new.dedup.as_ref().map(|k| k.as_str().to_owned());
         let content = new.dedup.as_ref().and_then(|k| k.content());
-        self.claims.submit(ClaimItem { record, content }).await
+        let (_, claim) = self.claims.submit(ClaimItem { record, content }).await?;
+        Ok(claim)
     }
 
     async fn list_runs(&self, query: RunQuery) -> Result<RunPage, StoreError> {
