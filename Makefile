@@ -4,23 +4,34 @@ CARGO ?= cargo
 PORT ?= 8080
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test e2e lint fmt dev-token-google dev-token-clerk
+.PHONY: run test test-prereqs e2e lint fmt dev-token-google dev-token-clerk
+
+# Tests that use a Python tool find it here (scripts/test-prereqs.sh venv).
+export PUSHWORKER_TEST_VENV ?= $(CURDIR)/.venv
 
 ## run: serve locally with the embedded development identity (no setup)
 run:
 	PORT=$(PORT) $(CARGO) run --bin pushworker -- serve --dev
 
-## test: every test (unit, integration against real servers on loopback), then
-## the runtime-image check on the debug binary the tests built (it links the
-## same libraries and glibc symbols as the release one; `make image-check`
-## checks the release binary, at the cost of a release build)
-test:
+## test: first what the tests need (test-prereqs), then every test (unit,
+## integration against real servers on loopback, the browser tests), then the
+## runtime-image check on the debug binary the tests built (it links the same
+## libraries and glibc symbols as the release one; `make image-check` checks
+## the release binary, at the cost of a release build)
+test: test-prereqs
 	$(CARGO) test --all-targets --no-fail-fast
 	scripts/check-runtime-image.sh $(TARGET_DIR)/debug/pushworker
 
-## e2e: only the admin page's browser tests (needs: apt-get install chromium chromium-driver);
-## screenshots land in target/admin-screenshots/
+## test-prereqs: Chromium and ChromeDriver, PostgreSQL (started if stopped),
+## gcloud's Pub/Sub emulator, the Python tools of requirements-test.txt in
+## .venv/; installs what is missing when root, else says what to run
+test-prereqs:
+	scripts/test-prereqs.sh
+
+## e2e: only the admin page's browser tests (installs Chromium first if
+## missing); screenshots land in target/admin-screenshots/
 e2e:
+	scripts/test-prereqs.sh browser
 	$(CARGO) test --test admin_e2e
 
 ## lint: formatting and clippy, as CI runs them

@@ -97,21 +97,21 @@ pub enum DevTokenKind {
     },
 }
 
-/// Runs the command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command line; `logs` keeps the log writer (drop it last).
+pub async fn run(cli: Cli, logs: &telemetry::LogGuard) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => serve(*args, logs).await,
         Command::DevToken(args) => dev_token(args),
         Command::Replay(args) => {
-            telemetry::init(crate::config::LogFormat::Text, None);
+            telemetry::init(logs, telemetry::LogFormat::Text, None);
             crate::replay::run(*args).await
         }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, logs: &telemetry::LogGuard) -> anyhow::Result<()> {
     let config = Config::from_args(&args)?;
-    telemetry::init(config.log_format, config.project_id.clone());
+    telemetry::init(logs, config.log_format, config.project_id.clone());
     if config.dev_mode {
         tracing::warn!(
             dev_dir = %args.dev_dir.display(),

@@ -8,29 +8,45 @@
 //!
 //! # Layout
 //!
-//! Modules follow a request:
+//! A request goes down through the layers, and each uses only the ones below
+//! it: route → extractor → auth → envelope → runner → job → ledger.
 //!
-//! - [`config`] — flags and environment, parsed and validated once at start-up.
-//! - [`startup`] — [`startup::Application`] binds the listener and serves.
-//! - [`http`] — the router, shared state, the one error type and one module per
-//!   resource (health, whoami, jobs, push, and [`http::admin`], the admin page
-//!   whose files live in `assets/admin/` and are embedded in the binary, and
-//!   runs, the ledger's read API).
+//! - [`cli`] and `main.rs` — the `pushworker` command line (`serve`,
+//!   `dev-token`, `replay`).
+//! - [`startup`] — [`startup::Application`] builds the parts from a
+//!   [`config::Config`], binds the listener and serves.
+//! - [`config`] — flags and environment, parsed and validated once at
+//!   start-up; it assembles the settings types of the modules below and
+//!   checks the rules that span them.
+//! - [`server`] — the accept loop under the router: header and idle timeouts,
+//!   the connection bound, graceful shutdown.
+//! - [`telemetry`] — logging: Cloud Logging JSON or escaped text, written by a
+//!   lossless writer thread; trace-header parsing.
+//! - [`http`] — the router, [`http::AppState`], the one [`http::Error`], the
+//!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
+//!   and one module per resource (health, whoami, jobs, push, runs, and
+//!   [`http::admin`], the admin page whose files live in `assets/admin/` and
+//!   are embedded in the binary).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
-//!   verifiers, the per-issuer key cache and the extractors; [`auth::dev`] is
-//!   the local development identity.
-//! - [`pubsub`] — the push envelope, wrapped and unwrapped.
-//! - [`jobs`] — the [`jobs::Job`] trait, the registry and the example jobs.
+//!   verifiers with their settings, the per-issuer key cache and the
+//!   verified-token cache; no HTTP framework, no configuration parsing.
+//!   [`auth::dev`] is the local development identity, used by start-up, the
+//!   command line, replay and the admin page's development sign-in only.
+//! - [`pubsub`] — the push envelope, wrapped and unwrapped, the dead-letter
+//!   publisher and the Pub/Sub client settings.
 //! - [`replay`] — `pushworker replay`: deliver messages from files or a
 //!   subscription (real Pub/Sub or the emulator) exactly as a push would.
-//! - [`cli`] — the `pushworker` command line (`serve`, `dev-token`, `replay`).
+//! - [`runner`] — the one sequence both handlers call: record and claim, run
+//!   the job, record its end.
+//! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.
 //! - [`runs`] — the run ledger: a record of every dispatch, the claim that
-//!   makes a message or `Idempotency-Key` run once, the in-memory and
-//!   PostgreSQL stores, and the runner both handlers call.
-//! - [`telemetry`] — logging setup.
+//!   makes a message or `Idempotency-Key` run once, and the in-memory and
+//!   PostgreSQL stores.
+//! - [`principal`] — who a verified caller is: plain data that auth makes and
+//!   the jobs and the ledger read.
 //!
 //! Outside the crate: `tests/` (integration tests against real servers),
-//! `benches/load.rs` (`make bench`), `fuzz/` (`make fuzz`, its own workspace)
+//! `benches/load/` (`make bench`), `fuzz/` (`make fuzz`, its own workspace)
 //! and `infra/` (Terraform).
 
 pub mod auth;
@@ -38,8 +54,11 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod principal;
 pub mod pubsub;
 pub mod replay;
+pub mod runner;
 pub mod runs;
+pub mod server;
 pub mod startup;
 pub mod telemetry;

@@ -5,15 +5,17 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = pushworker::cli::Cli::parse();
+    // Dropped last: every line logged until then is written.
+    let logs = pushworker::telemetry::LogGuard::default();
     let result = match pushworker::startup::runtime() {
         Ok(runtime) => {
-            let result = runtime.block_on(pushworker::cli::run(cli));
-            // Its workers write the log lines they hold as they stop.
+            let result = runtime.block_on(pushworker::cli::run(cli, &logs));
             runtime.shutdown_timeout(pushworker::startup::RUNTIME_STOP);
             result
         }
         Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
     };
+    drop(logs);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -40,13 +40,10 @@ impl std::fmt::Debug for Application {
 }
 
 /// The runtime the binary runs on: tokio's multi-threaded scheduler, one
-/// worker per core, whose workers write their log lines in batches when they
-/// go idle and when they stop ([`crate::telemetry::flush_worker`]).
+/// worker per core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(crate::telemetry::flush_worker)
-        .on_thread_stop(crate::telemetry::flush_worker)
         .build()
 }
 
@@ -98,12 +95,14 @@ impl Application {
             keys.prefetch();
             ClerkVerifier::new(c, keys, config.leeway)
         });
-        let jobs = jobs.unwrap_or_else(|| {
-            JobRegistry::builtin(&JobDeps {
+        let jobs = match jobs {
+            Some(jobs) => jobs,
+            None => JobRegistry::builtin(&JobDeps {
                 http: http.clone(),
-                webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
-            })
-        });
+                webhook: config.webhook.clone(),
+            })?,
+        };
+        jobs.check()?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(Arc::new(
                 DeadLetter::new(&config.pubsub, topic, Duration::from_secs(10))
@@ -149,7 +148,9 @@ impl Application {
     /// Serves until `shutdown` completes; then stops accepting, lets
     /// in-flight requests finish for up to the grace period, cancels the jobs
     /// still running (their pushes are answered 503, a nack, never an ack),
-    /// and flushes the dead-letter publisher.
+    /// and flushes the dead-letter publisher. Connections are served under
+    /// the header and idle timeouts and the bound of
+    /// [`crate::server::HttpServerConfig`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -173,15 +174,13 @@ impl Application {
                 }
             });
         };
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .context("server error");
+        let http = self.state.config.http.clone();
+        let app = router(self.state);
+        crate::server::serve(self.listener, app, &http, signal).await;
         if let Some(dl) = dead_letter {
             dl.flush().await;
         }
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }

@@ -185,8 +185,9 @@ async fn start_server() -> Server {
     let config = Config::from_args(&args).unwrap();
     let jobs = JobRegistry::builtin(&JobDeps {
         http: reqwest::Client::new(),
-        webhook_allowed_hosts: Vec::new(),
+        webhook: config.webhook.clone(),
     })
+    .unwrap()
     .register(Order);
     let app = Application::build_with_jobs(config, Some(jobs))
         .await
@@ -207,7 +208,7 @@ fn find_program(env: &str, default: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} not found: the admin page's end-to-end tests need Debian's Chromium and ChromeDriver. \
-         Install them with `apt-get install chromium chromium-driver` (.ci/run does), \
+         Install them with `apt-get install chromium chromium-driver` (`make test` does), \
          or point {env} at the program.",
         path.display()
     );

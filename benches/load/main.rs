@@ -43,7 +43,7 @@
 //! response, median of `--cold-runs`), RSS idle and under load, and key
 //! fetches per scenario.
 //!
-//! Output (`report.rs`): a table on stdout (pasted into the README) and
+//! Output (`report.rs`): a table on stdout (docs/performance.md shows the latest) and
 //! `bench/results.json`. Options after `--`: see
 //! `cargo bench --bench load -- --help`.
 //!

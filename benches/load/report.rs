@@ -1,4 +1,4 @@
-//! The figures of a run: the table on stdout (pasted into the README) and
+//! The figures of a run: the table on stdout (docs/performance.md shows the latest) and
 //! bench/results.json.
 
 use std::{path::Path, process::Command, time::Duration};

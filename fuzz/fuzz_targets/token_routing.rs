@@ -43,12 +43,12 @@ use pushworker::{
         AuthError, Authenticator, Principal,
         clerk::ClerkVerifier,
         dev::{SigningKey, encode_v2_permissions, now_secs},
-        google::GoogleVerifier,
+        google::{GOOGLE_ISSUERS, GoogleVerifier},
         keys::KeyCache,
         token::{MAX_TOKEN_BYTES, bearer_token, inspect},
         token_cache::TokenCache,
     },
-    config::{ClerkConfig, GOOGLE_ISSUERS, GoogleConfig, KeyCacheConfig, KeySource},
+    config::{ClerkConfig, GoogleConfig, KeyCacheConfig, KeySource},
 };
 use serde_json::{Value, json};
 

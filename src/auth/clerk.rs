@@ -14,13 +14,58 @@
 
 use std::collections::BTreeSet;
 
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
 use serde::Deserialize;
 
+use super::keys::KeySource;
 use super::{
     AuthError, ClerkUser, Organization, Principal, Verified, keys::KeyCache, lifetime,
     verify_signature,
 };
-use crate::config::ClerkConfig;
+
+/// The most distinct permission names a v2 token can carry: the verifier
+/// reads each `fpm` bitmask as a 128-bit number.
+pub const MAX_V2_PERMISSION_NAMES: usize = 128;
+
+/// Clerk issuer settings.
+#[derive(Debug, Clone)]
+pub struct ClerkConfig {
+    /// The instance's Frontend API URL, exactly as in `iss`.
+    pub issuer: String,
+    /// Allowed `azp` origins.
+    pub authorized_parties: Vec<String>,
+    /// Key source.
+    pub keys: KeySource,
+    /// The publishable key, when given (the admin page needs it).
+    pub publishable_key: Option<String>,
+}
+
+/// Derives the Frontend API URL from a Clerk publishable key:
+/// `pk_test_`/`pk_live_` + base64 of `"<frontend-api-host>$"`.
+pub fn issuer_from_publishable_key(key: &str) -> anyhow::Result<String> {
+    let encoded = key
+        .strip_prefix("pk_test_")
+        .or_else(|| key.strip_prefix("pk_live_"))
+        .context("CLERK_PUBLISHABLE_KEY: must start with pk_test_ or pk_live_")?;
+    let trimmed = encoded.trim_end_matches('=');
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .context("CLERK_PUBLISHABLE_KEY: the part after pk_…_ is not base64 text")?;
+    let host = decoded
+        .strip_suffix('$')
+        .context("CLERK_PUBLISHABLE_KEY: decoded value does not end with `$`; copy the key again from Clerk's dashboard")?;
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        bail!("CLERK_PUBLISHABLE_KEY: decoded host `{host}` is not a host name");
+    }
+    Ok(format!("https://{host}"))
+}
 
 /// Verifies Clerk session tokens.
 #[derive(Debug, Clone)]
@@ -102,7 +147,7 @@ impl ClerkVerifier {
             .await
             .map_err(|e| AuthError::from_key_error(e, "clerk"))?;
         let claims: ClerkClaims = verify_signature(token, &key, &self.validation)?;
-        let now = super::dev::now_secs();
+        let now = super::token::now_secs();
         match claims.iat {
             None => return Err(AuthError::InvalidToken("token has no iat")),
             Some(iat) if iat > now + self.leeway as i64 => {
@@ -194,11 +239,7 @@ fn organization_v2(o: OrgV2, fea: Option<&str>) -> Option<Organization> {
         let Ok(mask) = mask.parse::<u128>() else {
             continue;
         };
-        for (bit, name) in names
-            .iter()
-            .enumerate()
-            .take(super::dev::MAX_V2_PERMISSION_NAMES)
-        {
+        for (bit, name) in names.iter().enumerate().take(MAX_V2_PERMISSION_NAMES) {
             if !name.is_empty() && mask & (1u128 << bit) != 0 {
                 permissions.insert(format!("org:{feature}:{name}"));
             }
@@ -258,5 +299,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(org.permissions, wanted.into_iter().collect());
+    }
+
+    #[test]
+    fn publishable_key_yields_frontend_api() {
+        let pk = format!(
+            "pk_test_{}",
+            base64::engine::general_purpose::STANDARD.encode("clerk.example.com$")
+        );
+        assert_eq!(
+            issuer_from_publishable_key(&pk).unwrap(),
+            "https://clerk.example.com"
+        );
+    }
+
+    #[test]
+    fn bad_publishable_keys_say_what_is_wrong() {
+        for (key, expect) in [
+            ("sk_test_abc", "must start with pk_test_"),
+            ("pk_test_!!!", "not base64"),
+            ("pk_live_Y2xlcmsuZXhhbXBsZS5jb20", "does not end with `$`"),
+        ] {
+            let err = issuer_from_publishable_key(key).unwrap_err().to_string();
+            assert!(err.contains(expect), "{key}: {err}");
+        }
     }
 }

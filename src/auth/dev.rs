@@ -8,10 +8,7 @@
 //! account, Clerk issuer and authorized parties. Dev mode refuses to start on
 //! Cloud Run and binds to loopback by default.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use aws_lc_rs::{
@@ -23,6 +20,9 @@ use aws_lc_rs::{
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use serde_json::{Value, json};
+
+// The clock and the v2 limit are the verifiers'; minting follows them.
+pub use super::{clerk::MAX_V2_PERMISSION_NAMES, token::now_secs};
 
 /// An RSA signing key with its key id, able to mint RS256 tokens and publish
 /// its public half as a JWK. Used by the development identity, and by tests
@@ -141,14 +141,6 @@ fn pkcs8_pem(der: &[u8]) -> String {
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
     pem
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The development identity on disk.
@@ -298,10 +290,6 @@ pub fn clerk_claims(issuer: &str, user: &DevClerkUser, lifetime_secs: i64) -> Va
     }
     claims
 }
-
-/// The most distinct permission names a v2 token can carry: the verifier
-/// reads each `fpm` bitmask as a 128-bit number.
-pub const MAX_V2_PERMISSION_NAMES: usize = 128;
 
 /// `org:<feature>:<perm>` permissions split into the features and the
 /// distinct names (both in first-seen order) and the pairs.

@@ -4,16 +4,35 @@
 //! RS256 with a `kid` from Google's key set; `iss` one of Google's two
 //! spellings; `exp` present and not past (with leeway); `nbf` if present; `aud`
 //! one of `GOOGLE_AUDIENCES`; `iat` present and not in the future; `email`
-//! present with `email_verified: true`; `email` exactly one of
+//! present with `email_verified: true` (the JSON boolean Google issues; the
+//! string `"true"` is refused); `email` exactly one of
 //! `GOOGLE_SERVICE_ACCOUNTS` (otherwise 403: Google vouches for the caller, but
 //! it is not one we let in).
 
 use serde::Deserialize;
 
 use super::{
-    AuthError, GoogleIdentity, Principal, Verified, keys::KeyCache, lifetime, verify_signature,
+    AuthError, GoogleIdentity, Principal, Verified,
+    keys::{KeyCache, KeySource},
+    lifetime, verify_signature,
 };
-use crate::config::{GOOGLE_ISSUERS, GoogleConfig};
+
+/// The default JWKS of Google's OIDC tokens.
+pub const GOOGLE_JWKS_DEFAULT: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// The issuers Google puts in its ID tokens (both spellings are in use).
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// Google issuer settings.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed service-account emails.
+    pub service_accounts: Vec<String>,
+    /// Key source.
+    pub keys: KeySource,
+}
 
 /// Verifies Google ID tokens.
 #[derive(Debug, Clone)]
@@ -32,18 +51,13 @@ enum Audience {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Flag {
-    Bool(bool),
-    Text(String),
-}
-
-#[derive(Deserialize)]
 struct GoogleClaims {
     aud: Audience,
     sub: Option<String>,
     email: Option<String>,
-    email_verified: Option<Flag>,
+    /// A JSON boolean in Google's ID tokens; read as any JSON so that a
+    /// string `"true"` is refused as unverified, not as a malformed token.
+    email_verified: Option<serde_json::Value>,
     iat: Option<i64>,
     /// Read again (after `jsonwebtoken` validated them) only for the
     /// verified-token cache; any JSON is accepted here, so that reading them
@@ -90,7 +104,7 @@ impl GoogleVerifier {
             .await
             .map_err(|e| AuthError::from_key_error(e, "google"))?;
         let claims: GoogleClaims = verify_signature(token, &key, &self.validation)?;
-        let now = super::dev::now_secs();
+        let now = super::token::now_secs();
         match claims.iat {
             None => return Err(AuthError::InvalidToken("token has no iat")),
             Some(iat) if iat > now + self.leeway as i64 => {
@@ -105,10 +119,10 @@ impl GoogleVerifier {
                 "token has no email (mint it for a service account)",
             ));
         };
-        let verified = matches!(claims.email_verified, Some(Flag::Bool(true)))
-            || matches!(&claims.email_verified, Some(Flag::Text(t)) if t == "true");
-        if !verified {
-            return Err(AuthError::InvalidToken("token's email is not verified"));
+        if claims.email_verified != Some(serde_json::Value::Bool(true)) {
+            return Err(AuthError::InvalidToken(
+                "token's email is not verified (email_verified must be the boolean true)",
+            ));
         }
         if !self.cfg.service_accounts.contains(&email) {
             return Err(AuthError::InsufficientScope(

@@ -1,6 +1,6 @@
 //! A signing-key cache per issuer, written on `jsonwebtoken` (google-cloud-auth's
 //! verifier keeps keys a fixed hour, refetches on every unknown `kid` and fails
-//! under concurrency; see the platform notes).
+//! under concurrency; see docs/platform-notes.md, "Crates").
 //!
 //! What it promises:
 //! - **No lock on a hit.** The current key set sits behind an [`ArcSwapOption`];
@@ -24,6 +24,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,10 +34,47 @@ use std::{
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwapOption;
-use jsonwebtoken::DecodingKey;
+use jsonwebtoken::{
+    DecodingKey,
+    jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse},
+};
 use serde::Deserialize;
 
-use crate::config::{KeyCacheConfig, KeySource};
+/// Where an issuer's keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document over HTTP(S).
+    Url(String),
+    /// A JWKS document on disk (`file://PATH`).
+    File(PathBuf),
+    /// One PEM public key (`CLERK_JWT_KEY`): no network, any `kid`.
+    Pem(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(u) => write!(f, "{u}"),
+            Self::File(p) => write!(f, "file://{}", p.display()),
+            Self::Pem(_) => write!(f, "<PEM key set>"),
+        }
+    }
+}
+
+/// Settings of the key cache, shared by both issuers.
+#[derive(Debug, Clone)]
+pub struct KeyCacheConfig {
+    /// Lower clamp of the `Cache-Control: max-age` TTL.
+    pub min_ttl: Duration,
+    /// Upper clamp of the TTL.
+    pub max_ttl: Duration,
+    /// Least time between fetches not due to expiry.
+    pub refresh_cooldown: Duration,
+    /// How long stale keys serve while refreshes fail.
+    pub max_stale: Duration,
+    /// Timeout of one fetch.
+    pub fetch_timeout: Duration,
+}
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 512 * 1024;
@@ -132,20 +170,11 @@ impl std::fmt::Debug for KeyCache {
     }
 }
 
+/// A JWKS document with its entries unread: each is parsed on its own
+/// ([`Jwk`]), so that one bad entry is skipped and the others kept.
 #[derive(Deserialize)]
 struct Jwks {
     keys: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct RsaJwk {
-    kty: String,
-    kid: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    alg: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
 }
 
 impl KeyCache {
@@ -429,16 +458,7 @@ fn parse_jwks_keys(bytes: &[u8]) -> anyhow::Result<HashMap<String, Key>> {
         .context("not a JWKS document (expected {\"keys\": [...]})")?;
     let mut keys = HashMap::new();
     for value in jwks.keys {
-        let Ok(jwk) = serde_json::from_value::<RsaJwk>(value) else {
-            continue;
-        };
-        if jwk.kty != "RSA"
-            || jwk.use_.as_deref().is_some_and(|u| u != "sig")
-            || jwk.alg.as_deref().is_some_and(|a| a != "RS256")
-        {
-            continue;
-        }
-        let (Some(kid), Some(n), Some(e)) = (jwk.kid, jwk.n, jwk.e) else {
+        let Some((kid, n, e)) = rs256_signing_key(value) else {
             continue;
         };
         if let Ok(key) = DecodingKey::from_rsa_components(&n, &e) {
@@ -456,4 +476,31 @@ fn parse_jwks_keys(bytes: &[u8]) -> anyhow::Result<HashMap<String, Key>> {
         bail!("JWKS has no usable RS256 signing keys");
     }
     Ok(keys)
+}
+
+/// The kid and RSA components of a JWKS entry that is an RS256 signing key
+/// (`use` and `alg`, when present, must say so); `None` for any other entry.
+fn rs256_signing_key(value: serde_json::Value) -> Option<(String, String, String)> {
+    let jwk = match serde_json::from_value::<Jwk>(value) {
+        Ok(jwk) => jwk,
+        Err(err) => {
+            tracing::debug!(error = %err, "JWKS entry skipped: not a JWK");
+            return None;
+        }
+    };
+    let AlgorithmParameters::RSA(rsa) = jwk.algorithm else {
+        return None;
+    };
+    if jwk
+        .common
+        .public_key_use
+        .is_some_and(|u| u != PublicKeyUse::Signature)
+        || jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a != KeyAlgorithm::RS256)
+    {
+        return None;
+    }
+    Some((jwk.common.key_id?, rsa.n, rsa.e))
 }

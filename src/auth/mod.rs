@@ -1,5 +1,5 @@
-//! Authentication: one core, [`Authenticator::authenticate`], and thin
-//! extractors over it.
+//! Authentication: one core, [`Authenticator::authenticate`], that turns a
+//! request's bearer token into a [`Principal`], and the checks on it.
 //!
 //! Two kinds of callers reach the same routes: Google service identities
 //! (Pub/Sub push, Cloud Scheduler, Cloud Tasks) with Google-signed OIDC
@@ -9,17 +9,18 @@
 //! to the verifier of that issuer, which uses only that issuer's keys. Any
 //! other issuer is refused. The result is a typed [`Principal`].
 //!
-//! Extractors narrow it:
-//! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
-//! - [`CanTrigger`]: may run jobs: an allowed Google service account, or a
-//!   Clerk user with the trigger permission (or role);
-//! - [`CanPush`]: may deliver to the push routes: an allowed Google service
-//!   account only. A push claims its message id in the run ledger, so a
-//!   person posting an envelope could claim the id of a message Pub/Sub has
-//!   yet to deliver; people run jobs with `POST /jobs/{name}`;
-//! - [`CanViewRuns`]: may read the run ledger: a Clerk user with the view
-//!   permission, or one who may trigger. Service accounts may not: the ledger
-//!   holds every payload, and pushing a message is no reason to read others'.
+//! Two checks narrow it, which the HTTP extractors ([`crate::http::extract`])
+//! apply:
+//! - [`Principal::check_trigger`]: may run jobs: an allowed Google service
+//!   account, or a Clerk user with the trigger permission (or role);
+//! - [`Principal::check_push`]: may deliver to the push routes: an allowed
+//!   Google service account only. A push claims its message id in the run
+//!   ledger, so a person posting an envelope could claim the id of a message
+//!   Pub/Sub has yet to deliver; people run jobs with `POST /jobs/{name}`;
+//! - [`Principal::check_view_runs`]: may read the run ledger: a Clerk user
+//!   with the view permission, or one who may trigger. Service accounts may
+//!   not: the ledger holds every payload, and pushing a message is no reason
+//!   to read others'.
 //!
 //! A token the verifiers accepted is remembered in the [`token_cache`] (keyed
 //! by its SHA-256), so a token sent again, as Pub/Sub does on every push,
@@ -34,19 +35,23 @@ pub mod keys;
 pub mod token;
 pub mod token_cache;
 
-use std::{collections::BTreeSet, sync::Arc};
+pub use crate::principal::{ClerkUser, GoogleIdentity, Organization, Principal};
 
-use axum::{
-    extract::{FromRef, FromRequestParts},
-    http::request::Parts,
-};
+use std::sync::Arc;
+
 use jsonwebtoken::{DecodingKey, errors::ErrorKind};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 
-use crate::{
-    config::{GOOGLE_ISSUERS, TriggerPolicy},
-    http::AppState,
-};
+use google::GOOGLE_ISSUERS;
+
+/// Who may trigger jobs by hand.
+#[derive(Debug, Clone)]
+pub struct TriggerPolicy {
+    /// The Clerk permission that allows it.
+    pub permission: String,
+    /// Roles that allow it without the permission.
+    pub roles: Vec<String>,
+}
 
 /// Why a request was not authenticated or not allowed. Descriptions are fixed
 /// strings: nothing from the token is echoed back.
@@ -82,70 +87,7 @@ impl AuthError {
     }
 }
 
-/// A verified caller.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Principal {
-    /// A Google service identity (Pub/Sub push, Scheduler, Tasks).
-    Google(GoogleIdentity),
-    /// A person signed in with Clerk.
-    Clerk(ClerkUser),
-}
-
-/// A Google service identity.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GoogleIdentity {
-    /// The service account's email.
-    pub email: String,
-    /// The token's `sub` (the account's unique id).
-    pub subject: String,
-    /// The accepted audience the token was minted for.
-    pub audience: String,
-}
-
-/// A Clerk user's session.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ClerkUser {
-    /// `sub`: `user_…`.
-    pub user_id: String,
-    /// `sid`: `sess_…`.
-    pub session_id: String,
-    /// `azp`: the origin that minted the token.
-    pub authorized_party: String,
-    /// The active organization, if any.
-    pub organization: Option<Organization>,
-}
-
-/// The active organization of a Clerk session, from v1 or v2 claims.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Organization {
-    /// `org_…`.
-    pub id: String,
-    /// The organization's slug.
-    pub slug: Option<String>,
-    /// The role, with its `org:` prefix (`org:admin`).
-    pub role: Option<String>,
-    /// Permissions, `org:<feature>:<perm>`.
-    pub permissions: BTreeSet<String>,
-}
-
 impl Principal {
-    /// `google` or `clerk`, for logs and run records.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Google(_) => "google",
-            Self::Clerk(_) => "clerk",
-        }
-    }
-
-    /// The caller's id: an email or a Clerk user id. Never a token.
-    pub fn id(&self) -> &str {
-        match self {
-            Self::Google(g) => &g.email,
-            Self::Clerk(c) => &c.user_id,
-        }
-    }
-
     /// Whether this caller may run jobs. Google identities got here only if
     /// their service account is allowed; Clerk users need the permission or
     /// one of the roles.
@@ -395,81 +337,4 @@ fn verify_signature<C: DeserializeOwned>(
                 _ => "token could not be verified",
             })
         })
-}
-
-/// Any verified caller. Add this parameter to a handler to require
-/// authentication; the handler then knows who called.
-#[derive(Debug, Clone)]
-pub struct Authenticated(pub Arc<Principal>);
-
-/// A caller allowed to run jobs (see [`Principal::check_trigger`]).
-#[derive(Debug, Clone)]
-pub struct CanTrigger(pub Arc<Principal>);
-
-/// A caller allowed on the push routes (see [`Principal::check_push`]).
-#[derive(Debug, Clone)]
-pub struct CanPush(pub Arc<Principal>);
-
-/// A caller allowed to read the run ledger (see
-/// [`Principal::check_view_runs`]).
-#[derive(Debug, Clone)]
-pub struct CanViewRuns(pub Arc<Principal>);
-
-impl<S> FromRequestParts<S> for Authenticated
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = crate::http::Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        Ok(Self(principal))
-    }
-}
-
-impl<S> FromRequestParts<S> for CanTrigger
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = crate::http::Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_trigger(&state.config.trigger)?;
-        Ok(Self(principal))
-    }
-}
-
-impl<S> FromRequestParts<S> for CanPush
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = crate::http::Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_push()?;
-        Ok(Self(principal))
-    }
-}
-
-impl<S> FromRequestParts<S> for CanViewRuns
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = crate::http::Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission)?;
-        Ok(Self(principal))
-    }
 }

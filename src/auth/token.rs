@@ -7,10 +7,20 @@
 //! Nothing read here is trusted: `iss` only picks which verifier (and which
 //! issuer's keys) will check the signature, and that verifier pins `iss` again.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use axum::http::{HeaderMap, header::AUTHORIZATION};
 use base64::Engine as _;
 
 use super::AuthError;
+
+/// Seconds since the Unix epoch: the clock the time claims are read against.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Largest accepted token, in bytes. Google ID tokens are about 1 KB and Clerk
 /// session tokens must fit a 4 KB cookie.

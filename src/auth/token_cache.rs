@@ -4,10 +4,10 @@
 //!
 //! Why: Pub/Sub sends the same Google ID token on every push for up to an
 //! hour, and a Clerk session token is reused for up to a minute. Checking an
-//! RSA-2048 signature costs 20 to 25 µs of CPU, which near the request rates a
-//! single Cloud Run instance can reach is a large share of a request (see the
-//! README's Performance section). A lookup here is one SHA-256 of the token
-//! and one probe of a sharded map.
+//! RSA-2048 signature is the costliest step of verifying a token, a large
+//! share of a request near the rates one Cloud Run instance can reach
+//! (docs/performance.md, scenario 2 against scenario 1). A lookup here is one
+//! SHA-256 of the token and one probe of a sharded map.
 //!
 //! What it promises:
 //! - **Keyed by the whole token**: the key is the SHA-256 of every byte of
@@ -99,9 +99,8 @@ pub struct TokenCache {
     /// The principal and kid of the latest insertion, which the next one
     /// shares when it has the same: Pub/Sub's tokens all name one service
     /// account under one or two kids, so a cache full of its tokens holds
-    /// one principal, not ten thousand copies (by its size and its strings'
-    /// about 340 B of an entry's 440; the worst RSS over `make bench`'s
-    /// scenarios 1 to 4, with 10,000 entries, fell by about 3 MB).
+    /// one principal, not a copy per entry (the principal and its strings
+    /// are most of an entry's size).
     recent: std::sync::Mutex<Option<(Arc<Principal>, Arc<str>)>>,
 }
 

@@ -33,20 +33,25 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::{ConnectInfo, State, rejection::JsonRejection},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{AppState, Error};
 use crate::{
-    auth::dev::{DevClerkUser, DevIdentity, now_secs},
-    config::{Config, issuer_from_publishable_key},
+    auth::{
+        clerk::issuer_from_publishable_key,
+        dev::{DevClerkUser, DevIdentity},
+        token::now_secs,
+    },
+    config::Config,
 };
 
 const INDEX_HTML: &str = include_str!("../../assets/admin/index.html");
@@ -386,10 +391,6 @@ pub fn dev_session_refusal(
     None
 }
 
-fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": code, "message": message }))).into_response()
-}
-
 /// `POST /admin/dev/session`: a short-lived development Clerk token for the
 /// chosen persona (dev mode, loopback only).
 async fn dev_session(
@@ -397,47 +398,33 @@ async fn dev_session(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<DevSessionRequest>, JsonRejection>,
-) -> Response {
+) -> Result<impl IntoResponse, Error> {
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Some(reason) = dev_session_refusal(&state.config, &peer, origin.as_deref()) {
         tracing::warn!(%peer, reason, "development sign-in refused");
-        return refusal(StatusCode::FORBIDDEN, "forbidden", reason);
+        return Err(Error::Forbidden(reason));
     }
     let (Some(identity), Some(origin)) = (&state.config.dev_identity, origin) else {
-        return refusal(StatusCode::FORBIDDEN, "forbidden", "not available");
+        return Err(Error::Forbidden("not available"));
     };
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                &format!(
-                    "expected {{\"persona\": \"admin\" | \"viewer\"}}: {}",
-                    rejection.body_text()
-                ),
-            );
-        }
-    };
+    let Json(request) = body.map_err(|rejection| Error::BadRequest {
+        code: "bad_body",
+        message: format!(
+            "expected {{\"persona\": \"admin\" | \"viewer\"}}: {}",
+            rejection.body_text()
+        ),
+    })?;
     let user = request
         .persona
         .user(&state.config.trigger.permission, &origin);
-    let token = match identity.clerk_token(&user, DEV_TOKEN_LIFETIME_SECS) {
-        Ok(token) => token,
-        Err(e) => {
-            tracing::error!(error = %e, "minting a development token failed");
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            );
-        }
-    };
+    let token = identity
+        .clerk_token(&user, DEV_TOKEN_LIFETIME_SECS)
+        .context("minting a development token failed")?;
     tracing::info!(persona = request.persona.id(), %origin, "development sign-in");
-    (
+    Ok((
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(json!({
             "token": token,
@@ -446,36 +433,7 @@ async fn dev_session(
             "expires_at": now_secs() + DEV_TOKEN_LIFETIME_SECS,
             "expires_in": DEV_TOKEN_LIFETIME_SECS,
         })),
-    )
-        .into_response()
-}
-
-/// The CORS layer for `CORS_ALLOWED_ORIGINS`, or none when the list is empty
-/// (the page at `/admin` is same-origin and needs none).
-pub fn cors_layer(config: &Config) -> Option<tower_http::cors::CorsLayer> {
-    use axum::http::Method;
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-
-    if config.cors_allowed_origins.is_empty() {
-        return None;
-    }
-    let origins: Vec<HeaderValue> = config
-        .cors_allowed_origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                HeaderName::from_static("idempotency-key"),
-            ])
-            .expose_headers([header::WWW_AUTHENTICATE, header::RETRY_AFTER])
-            .max_age(std::time::Duration::from_secs(600)),
-    )
+    ))
 }
 
 #[cfg(test)]

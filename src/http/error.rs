@@ -43,6 +43,10 @@ pub enum Error {
     /// Could not read the body: 400.
     #[error("could not read the request body")]
     BadBody,
+    /// A caller this route refuses for a reason other than its token (the
+    /// development sign-in off loopback): 403.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A resource that does not exist: 404.
     #[error("{0}")]
     NotFound(String),
@@ -114,6 +118,7 @@ impl Error {
             Self::Envelope(_) | Self::BadBody => StatusCode::BAD_REQUEST,
             Self::NoJob { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Dispatch(d) => dispatch_status(d),
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -139,6 +144,7 @@ impl Error {
             Self::BadBody => "bad_body",
             Self::NoJob { .. } => "no_job",
             Self::Dispatch(d) => d.kind(),
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::DeadLetterFailed(_) => "dead_letter_failed",
             Self::BadRequest { code, .. } => code,

@@ -13,14 +13,15 @@ use axum::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{AppState, Error, dispatch_status};
+use super::{
+    AppState, Error, dispatch_status,
+    extract::{Authenticated, CanTrigger},
+};
 use crate::{
-    auth::{Authenticated, CanTrigger, Principal},
+    auth::Principal,
     jobs::{DispatchError, RunSource},
-    runs::{
-        DedupKey, RunRecord, RunStatus,
-        runner::{Outcome, RunRequest},
-    },
+    runner::{Outcome, RunRequest},
+    runs::{DedupKey, RunRecord, RunStatus},
 };
 
 /// The header that makes a trigger idempotent.

@@ -1,5 +1,7 @@
-//! The HTTP surface: shared state, the router, the error type and one module
-//! per resource, each exporting its own `router()`.
+//! The HTTP surface: the router, the shared state ([`AppState`]), the one
+//! error type ([`Error`]), the extractors over auth ([`extract`]), the CORS
+//! layer, the request log, and one module per resource, each exporting its
+//! own `router()`.
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -17,73 +19,24 @@
 //! admin page hosted on another origin can call the API.
 
 pub mod admin;
+mod cors;
 mod error;
+pub mod extract;
 mod health;
 mod jobs;
 mod push;
 mod runs;
+mod state;
 mod whoami;
 
-use std::sync::Arc;
-
 use axum::Router;
-use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, dispatch_status};
-
-use crate::{
-    auth::Authenticator,
-    config::Config,
-    jobs::JobRegistry,
-    pubsub::dead_letter::DeadLetter,
-    runs::{
-        RunStore,
-        runner::{RunLimits, Runner},
-    },
-};
-
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// The authentication core.
-    pub auth: Arc<Authenticator>,
-    /// The jobs.
-    pub jobs: Arc<JobRegistry>,
-    /// The dead-letter publisher, when `DEAD_LETTER_TOPIC` is set.
-    pub dead_letter: Option<Arc<DeadLetter>>,
-    /// The run ledger (memory, or PostgreSQL with `DATABASE_URL`).
-    pub runs: Arc<dyn RunStore>,
-    /// Cancelled when the shutdown grace period is over: every job still
-    /// running is cancelled and its request answered 503 (a nack).
-    ///
-    /// Behind an `Arc`: cloning or dropping a `CancellationToken` locks the
-    /// mutex of its token tree, and the state is cloned for every request
-    /// (by each extractor and the handler); an `Arc` clone is one atomic
-    /// add instead of a lock every thread would contend for.
-    pub stop: Arc<CancellationToken>,
-}
-
-impl AppState {
-    /// The record-claim-run-finish sequence over this state's ledger and jobs.
-    pub fn runner(&self) -> Runner {
-        Runner::new(
-            Arc::clone(&self.runs),
-            Arc::clone(&self.jobs),
-            Arc::clone(&self.stop),
-            RunLimits {
-                job_timeout: self.config.job_timeout,
-                payload_cap: self.config.runs.payload_cap,
-                output_cap: self.config.runs.output_cap,
-            },
-        )
-    }
-}
+pub use state::AppState;
 
 /// The application's router over `state`.
 pub fn router(state: AppState) -> Router {
-    let cors = admin::cors_layer(&state.config);
+    let cors = cors::cors_layer(&state.config);
     let app = Router::new()
         .merge(health::router())
         .merge(whoami::router())
@@ -91,13 +44,30 @@ pub fn router(state: AppState) -> Router {
         .merge(push::router())
         .merge(runs::router())
         .merge(admin::router(&state.config))
+        .fallback(no_route)
         .layer(axum::middleware::from_fn(trace_request));
     // Outermost, so that preflights are answered before authentication.
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,
     };
-    app.with_state(state)
+    // On every answer, preflights and errors included: error bodies echo
+    // what the client sent, and must never be sniffed into HTML.
+    app.layer(
+        tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ),
+    )
+    .with_state(state)
+}
+
+/// An unknown path: 404 with the JSON error body every other error has.
+async fn no_route() -> Error {
+    Error::NotFound(
+        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /runs and /admin)"
+            .to_owned(),
+    )
 }
 
 /// A `Content-Length` header's value, if present and a number.
@@ -110,17 +80,16 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 
 /// Wraps each request in a span carrying its trace context (so every line it
 /// logs joins its trace in Cloud Logging) and writes one request line with
-/// `httpRequest` fields when it is answered. Headers and bodies are never
-/// logged.
+/// `httpRequest` fields once its response body is sent (or dropped: a
+/// client that goes away), with the bytes actually sent. Headers and bodies
+/// are never logged.
 ///
 /// The span also carries the run's fields, which the push and trigger
 /// handlers record on it (`principal`, `job`, `source`, `message_id`,
 /// `subscription`, `attempt`, `run_id`): a run that succeeds writes exactly
 /// this one line, with its job, message, run and outcome, and a failure's
-/// own lines carry the same fields. At `info`, logging is about a quarter of
-/// a push's work (19.6k of about 75k instructions: `RUST_LOG=warn` against
-/// `info` under `scripts/callgrind-push.sh`; README, Performance), so a run
-/// writes one line, not two.
+/// own lines carry the same fields. Logging is a large part of a push's
+/// work, so a run writes one line, not two.
 async fn trace_request(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -142,7 +111,6 @@ async fn trace_request(
     let method = request.method().clone();
     // A clone of the parsed URI shares its bytes: no copy of the path.
     let uri = request.uri().clone();
-    let path = uri.path();
     let user_agent = request
         .headers()
         .get(axum::http::header::USER_AGENT)
@@ -150,88 +118,149 @@ async fn trace_request(
     let request_size = content_length(request.headers()).unwrap_or(0);
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    let latency = Latency::new(started.elapsed());
-    let response_size = content_length(response.headers()).unwrap_or(0);
-    span.in_scope(|| {
-        let quiet = matches!(path, "/healthz" | "/readyz");
-        if quiet {
-            tracing::debug!(
-                http.requestMethod = method.as_str(),
-                http.requestUrl = path,
-                http.status = status,
-                http.latency = latency.as_str(),
-                message = "request",
-            );
-        } else {
-            let user_agent = user_agent
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            // At most 200 characters of it (ASCII, as to_str checked).
-            let user_agent = &user_agent[..user_agent.len().min(200)];
-            tracing::info!(
-                http.requestMethod = method.as_str(),
-                http.requestUrl = path,
-                http.status = status,
-                http.latency = latency.as_str(),
-                http.userAgent = user_agent,
-                // Cloud Logging's LogEntry wants sizes as decimal strings.
-                http.requestSize = itoa::Buffer::new().format(request_size),
-                http.responseSize = itoa::Buffer::new().format(response_size),
-                // A plain string, not format arguments: no `fmt` on the
-                // line every request writes.
-                message = "request",
-            );
+    let log = RequestLog {
+        span,
+        method,
+        uri,
+        user_agent,
+        request_size,
+        status: response.status().as_u16(),
+        started,
+    };
+    response.map(|body| axum::body::Body::new(CountedBody::new(body, log)))
+}
+
+/// What the request line says, but for the bytes sent.
+struct RequestLog {
+    span: tracing::Span,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    user_agent: Option<axum::http::HeaderValue>,
+    request_size: u64,
+    status: u16,
+    started: std::time::Instant,
+}
+
+impl RequestLog {
+    /// Writes the request line, `sent` bytes of body having gone out.
+    fn write(self, sent: u64) {
+        let latency = latency(self.started.elapsed());
+        let path = self.uri.path();
+        let status = self.status;
+        self.span.in_scope(|| {
+            if matches!(path, "/healthz" | "/readyz") {
+                tracing::debug!(
+                    http.requestMethod = self.method.as_str(),
+                    http.requestUrl = path,
+                    http.status = status,
+                    http.latency = latency.as_str(),
+                    message = "request",
+                );
+            } else {
+                let user_agent = self
+                    .user_agent
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                // At most 200 characters of it (ASCII, as to_str checked).
+                let user_agent = &user_agent[..user_agent.len().min(200)];
+                tracing::info!(
+                    http.requestMethod = self.method.as_str(),
+                    http.requestUrl = path,
+                    http.status = status,
+                    http.latency = latency.as_str(),
+                    http.userAgent = user_agent,
+                    // Cloud Logging's LogEntry wants sizes as decimal strings.
+                    http.requestSize = self.request_size.to_string().as_str(),
+                    http.responseSize = sent.to_string().as_str(),
+                    message = "request",
+                );
+            }
+        });
+    }
+}
+
+/// A response body that counts the bytes polled out of it and writes the
+/// request line when it ends or is dropped.
+///
+/// Hand-written: a JSON answer's body states no size up front (no
+/// `Content-Length` yet, a size hint of 0), so only counting gives the bytes
+/// sent.
+struct CountedBody {
+    inner: axum::body::Body,
+    sent: u64,
+    log: Option<RequestLog>,
+}
+
+impl CountedBody {
+    fn new(inner: axum::body::Body, log: RequestLog) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            log: Some(log),
         }
-    });
-    response
+    }
+
+    fn finish(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.write(self.sent);
+        }
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// A request's latency as Cloud Logging's `httpRequest.latency` wants it:
-/// seconds with six decimals (`0.000123s`, the microseconds truncated), in
-/// a buffer on the stack.
-struct Latency {
-    text: [u8; 28],
-    len: usize,
-}
-
-impl Latency {
-    fn new(elapsed: std::time::Duration) -> Self {
-        let mut text = [0u8; 28];
-        let mut secs = itoa::Buffer::new();
-        // At most 20 digits, then `.`, six digits and `s`: 28 bytes.
-        let secs = secs.format(elapsed.as_secs()).as_bytes();
-        text[..secs.len()].copy_from_slice(secs);
-        let mut len = secs.len();
-        text[len] = b'.';
-        len += 1;
-        let micros = elapsed.subsec_micros();
-        for place in (0..6).rev() {
-            text[len] = b'0' + (micros / 10u32.pow(place) % 10) as u8;
-            len += 1;
-        }
-        text[len] = b's';
-        Self { text, len: len + 1 }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
-    }
+/// seconds with six decimals (`0.000123s`, the microseconds truncated).
+fn latency(elapsed: std::time::Duration) -> String {
+    format!("{}.{:06}s", elapsed.as_secs(), elapsed.subsec_micros())
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::Latency;
+    use super::latency;
 
     #[test]
     fn latency_reads_as_cloud_logging_wants() {
-        let text = |d| Latency::new(d).as_str().to_owned();
-        assert_eq!(text(Duration::ZERO), "0.000000s");
-        assert_eq!(text(Duration::from_nanos(123_456_789)), "0.123456s");
-        assert_eq!(text(Duration::from_micros(61_000_001)), "61.000001s");
-        assert_eq!(text(Duration::MAX), "18446744073709551615.999999s");
+        assert_eq!(latency(Duration::ZERO), "0.000000s");
+        assert_eq!(latency(Duration::from_nanos(123_456_789)), "0.123456s");
+        assert_eq!(latency(Duration::from_micros(61_000_001)), "61.000001s");
+        assert_eq!(latency(Duration::MAX), "18446744073709551615.999999s");
     }
 }

@@ -47,15 +47,13 @@ use axum::{
     routing::post,
 };
 
-use super::{AppState, Error, content_length, jobs::payload_or_empty_object};
+use super::{AppState, Error, content_length, extract::CanPush, jobs::payload_or_empty_object};
 use crate::{
-    auth::{CanPush, Principal},
+    auth::Principal,
     jobs::RunSource,
     pubsub::{self, MessageMeta, dead_letter::Reason},
-    runs::{
-        DedupKey, Finish, RunStatus, message_digest,
-        runner::{Outcome, RunRequest},
-    },
+    runner::{Outcome, RunRequest},
+    runs::{DedupKey, Finish, RunStatus, message_digest},
 };
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -85,8 +83,8 @@ async fn push_to_job(
     handle(state, Some(job), principal, headers, body).await
 }
 
-/// The request body, read into one buffer sized by `Content-Length`: a 13 MB
-/// envelope costs 13 MB, where collecting chunks and then joining them would
+/// The request body, read into one buffer sized by `Content-Length`: the
+/// envelope is held once, where collecting chunks and then joining them would
 /// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413. The
 /// headers come with it, moved out of the request rather than copied.
 struct PushBody {
@@ -284,16 +282,24 @@ async fn permanent_failure(
     run_id: Option<Uuid>,
 ) -> Result<StatusCode, Error> {
     let Some(dead_letter) = &state.dead_letter else {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently (nacked; the subscription's dead-letter policy will catch it)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently (nacked; the subscription's dead-letter policy will catch it)"
+        );
         return Err(err);
     };
     if data.len() > pubsub::MAX_MESSAGE_BYTES {
-        tracing::error!(kind = reason.kind, reason = %reason.text, "push failed permanently and is too large to dead-letter (nacked)");
+        tracing::error!(
+            kind = reason.kind,
+            reason = reason.text.as_str(),
+            "push failed permanently and is too large to dead-letter (nacked)"
+        );
         return Err(err);
     }
     match dead_letter.publish(meta, data, &reason).await {
         Ok(id) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), topic = dead_letter.topic(), dead_letter_message_id = %id, "push failed permanently; dead-lettered (acked)");
             if let Some(run_id) = run_id
                 && let Err(e) = state
                     .runs
@@ -307,7 +313,7 @@ async fn permanent_failure(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(publish_error) => {
-            tracing::error!(kind = reason.kind, reason = %reason.text, error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
+            tracing::error!(kind = reason.kind, reason = reason.text.as_str(), error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
             Err(Error::DeadLetterFailed(format!("{publish_error:#}")))
         }
     }

@@ -16,9 +16,8 @@ use axum::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{AppState, Error};
+use super::{AppState, Error, extract::CanViewRuns};
 use crate::{
-    auth::CanViewRuns,
     jobs::RunSource,
     runs::{RunQuery, RunRecord, RunStatus},
 };

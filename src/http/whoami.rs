@@ -4,8 +4,7 @@
 use axum::{Json, Router, extract::State, routing::get};
 use serde_json::{Value, json};
 
-use super::AppState;
-use crate::auth::Authenticated;
+use super::{AppState, extract::Authenticated};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/auth/whoami", get(whoami))

@@ -18,44 +18,21 @@ pub mod echo;
 pub mod sleep;
 pub mod webhook;
 
-use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{auth::Principal, pubsub::MessageMeta};
-
-/// Where a run came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunSource {
-    /// A Pub/Sub push delivery.
-    Push,
-    /// A person, from the admin page or the API.
-    Manual,
-    /// A service (Cloud Scheduler, Cloud Tasks) calling `POST /jobs/{name}`.
-    Service,
-}
-
-impl RunSource {
-    /// The source's name in logs and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Push => "push",
-            Self::Manual => "manual",
-            Self::Service => "service",
-        }
-    }
-
-    /// Parses a source's name.
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Push, Self::Manual, Self::Service]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
+pub use crate::runs::RunSource;
+use crate::{principal::Principal, pubsub::MessageMeta};
 
 /// What a job knows about its run.
 #[derive(Debug, Clone)]
@@ -304,7 +281,16 @@ pub struct JobInfo {
 #[derive(Clone, Default)]
 pub struct JobRegistry {
     jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
+    /// Names registered more than once, in order; [`JobRegistry::check`]
+    /// refuses the registry while there is one.
+    duplicates: Vec<&'static str>,
 }
+
+/// Two jobs were registered under one name: which of them a message meant
+/// cannot be known, so start-up stops rather than pick one.
+#[derive(Debug, thiserror::Error)]
+#[error("job `{0}` is registered twice: give each job a name of its own (`Job::NAME`)")]
+pub struct DuplicateJob(pub &'static str);
 
 impl std::fmt::Debug for JobRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,10 +301,11 @@ impl std::fmt::Debug for JobRegistry {
 /// What the built-in jobs need from the outside.
 #[derive(Debug, Clone)]
 pub struct JobDeps {
-    /// Shared HTTP client.
+    /// Shared HTTP client. It follows redirects: not for caller-chosen URLs
+    /// (the webhook job builds its own).
     pub http: reqwest::Client,
-    /// Hosts the webhook job may call.
-    pub webhook_allowed_hosts: Vec<String>,
+    /// The webhook job's settings.
+    pub webhook: webhook::WebhookConfig,
 }
 
 impl JobRegistry {
@@ -327,21 +314,34 @@ impl JobRegistry {
         Self::default()
     }
 
-    /// The jobs that ship with pushworker.
-    pub fn builtin(deps: &JobDeps) -> Self {
-        Self::new()
+    /// The jobs that ship with pushworker (fails only if the webhook job's
+    /// HTTP client cannot be built).
+    pub fn builtin(deps: &JobDeps) -> anyhow::Result<Self> {
+        Ok(Self::new()
             .register(echo::Echo)
             .register(sleep::Sleep)
-            .register(webhook::Webhook::new(
-                deps.http.clone(),
-                deps.webhook_allowed_hosts.clone(),
-            ))
+            .register(webhook::Webhook::new(&deps.webhook)?))
     }
 
-    /// Adds a job. A second job of the same name replaces the first.
+    /// Adds a job. A name already taken keeps its first job and makes
+    /// [`check`](Self::check) fail, which `Application::build` calls, so a
+    /// clash stops start-up instead of silently replacing a job.
     pub fn register<J: Job>(mut self, job: J) -> Self {
-        self.jobs.insert(J::NAME, Arc::new(Erased(Arc::new(job))));
+        match self.jobs.entry(J::NAME) {
+            Entry::Occupied(_) => self.duplicates.push(J::NAME),
+            Entry::Vacant(slot) => {
+                slot.insert(Arc::new(Erased(Arc::new(job))));
+            }
+        }
         self
+    }
+
+    /// Fails, naming the job, when a name was registered more than once.
+    pub fn check(&self) -> Result<(), DuplicateJob> {
+        match self.duplicates.first() {
+            Some(name) => Err(DuplicateJob(name)),
+            None => Ok(()),
+        }
     }
 
     /// Whether a job of this name exists.
@@ -409,5 +409,54 @@ impl JobRegistry {
                 Err(DispatchError::Timeout(timeout))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another type under `echo`'s name.
+    struct Impostor;
+
+    impl Job for Impostor {
+        const NAME: &'static str = "echo";
+        const DESCRIPTION: &'static str = "Not the echo job.";
+        type Payload = serde_json::Value;
+        type Output = ();
+
+        async fn run(&self, _: serde_json::Value, _: JobContext) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    fn builtin() -> JobRegistry {
+        JobRegistry::builtin(&JobDeps {
+            http: reqwest::Client::new(),
+            webhook: webhook::WebhookConfig::new(
+                Vec::<String>::new(),
+                webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
+            )
+            .expect("valid webhook settings"),
+        })
+        .expect("the built-in jobs build")
+    }
+
+    #[test]
+    fn the_builtin_jobs_have_names_of_their_own() {
+        assert!(builtin().check().is_ok());
+    }
+
+    #[test]
+    fn a_taken_name_is_refused_and_keeps_its_first_job() {
+        let jobs = builtin().register(Impostor);
+        let err = jobs.check().unwrap_err();
+        assert_eq!(err.0, "echo");
+        assert!(
+            err.to_string()
+                .starts_with("job `echo` is registered twice")
+        );
+        let echo = jobs.list().into_iter().find(|j| j.name == "echo").unwrap();
+        assert_eq!(echo.description, echo::Echo::DESCRIPTION);
     }
 }

@@ -1,8 +1,8 @@
 //! Building google-cloud-pubsub clients for real Pub/Sub or the emulator.
 //!
-//! The crate ignores `PUBSUB_EMULATOR_HOST` (see the platform notes), so every
-//! builder here is given the endpoint and, for the emulator, anonymous
-//! credentials explicitly. Against real Pub/Sub the crate's default
+//! The crate ignores `PUBSUB_EMULATOR_HOST` (docs/platform-notes.md,
+//! "Crates"), so every builder here is given the endpoint and, for the
+//! emulator, anonymous credentials explicitly. Against real Pub/Sub the crate's default
 //! credentials apply: Application Default Credentials locally, the runtime
 //! service account on Cloud Run.
 

@@ -2,15 +2,15 @@
 //! (`no_wrapper`) bodies with metadata headers, parsed into one
 //! [`PushMessage`].
 //!
-//! Facts this relies on (see the platform notes): the wrapped envelope sends
-//! both `messageId` and `message_id` (and both casings of the publish time), so
-//! each casing is its own field rather than a serde alias, which would reject
-//! the pair as a duplicate; `data` and `attributes` may be absent;
-//! `deliveryAttempt` appears only with a dead-letter policy. Unwrapped bodies
-//! are the raw data; `x-goog-pubsub-*` headers carry the metadata and every
-//! attribute arrives as a header of its own name (lower-cased by HTTP). The
-//! Content-Type is never relied on: the emulator sends form-encoded for raw
-//! bytes.
+//! Facts this relies on (docs/platform-notes.md, "Pub/Sub push"): the
+//! wrapped envelope sends both `messageId` and `message_id` (and both casings
+//! of the publish time), so each casing is its own field rather than a serde
+//! alias, which would reject the pair as a duplicate; `data` and `attributes`
+//! may be absent; `deliveryAttempt` appears only with a dead-letter policy.
+//! Unwrapped bodies are the raw data; `x-goog-pubsub-*` headers carry the
+//! metadata and every attribute arrives as a header of its own name
+//! (lower-cased by HTTP). The Content-Type is never relied on: the emulator
+//! sends form-encoded for raw bytes.
 
 pub mod dead_letter;
 pub mod gcp;
@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-/// Largest message data accepted, as Pub/Sub's limit (10 MB).
+/// Largest message data accepted: Pub/Sub's own limit on a message.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
 /// Largest push body accepted: the data base64-encoded inside JSON, plus room
@@ -96,8 +96,8 @@ struct Envelope<'a> {
 #[derive(Deserialize)]
 struct WireMessage<'a> {
     /// Borrowed from the body unless it has JSON escapes (`\/`): serde's
-    /// `borrow` does not reach through `Option`, and a copy of a 13 MB
-    /// field was a third of the peak memory of a 10 MB message.
+    /// `borrow` does not reach through `Option`, and a copy of the data,
+    /// nearly all of a large push, would hold it twice.
     #[serde(borrow, deserialize_with = "borrowed_text", default)]
     data: Option<Cow<'a, str>>,
     attributes: Option<BTreeMap<String, String>>,

@@ -20,12 +20,12 @@ use futures::FutureExt as _;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::RunSource;
 use super::{
     ABANDONED, Claim, ClaimState, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings,
     conflict_error, now_micros,
 };
-use crate::jobs::RunSource;
 
 #[derive(Debug)]
 struct KeyClaim {
@@ -42,12 +42,9 @@ struct KeyClaim {
 /// over and over) shared between records, and what a succeeding push lacks
 /// behind one pointer ([`Rare`]). [`RunRecord`]s are built only for readers.
 ///
-/// With its claim, heap parts and the allocator's overhead a record cost
-/// about 1.8 KB when it held a whole [`RunRecord`], about 1 KB once
-/// compacted (measured as the RSS of 100 against 10,000 and 20,000 records
-/// under push load), and about 0.6 KB since [`Rare`] and [`Runs`]: the
-/// peak RSS of 6 s of pushes (`scripts/bench-ab.sh`, ledger full) fell from
-/// 25,108 to 21,368 KiB (medians of 3 runs each).
+/// Why so compact: a full ledger is most of the worker's memory under load,
+/// so every byte a record keeps inline counts once per record
+/// (`scripts/bench-ab.sh` with the ledger full shows what a change costs).
 #[derive(Debug)]
 struct Stored {
     job: Arc<str>,
@@ -166,9 +163,9 @@ struct Shared {
     principals: HashSet<Arc<RunPrincipal>, Hasher>,
 }
 
-/// foldhash, seeded per process: SipHash cost about 2k instructions per
-/// push under callgrind (four to six hashes per run), and these keys come
-/// from verified callers only.
+/// foldhash, seeded per process: SipHash showed among a push's heaviest
+/// functions under callgrind (four to six hashes per run), and these keys
+/// come from verified callers only.
 type Hasher = foldhash::fast::RandomState;
 
 impl Shared {
@@ -202,9 +199,9 @@ impl Shared {
 /// Not a `BTreeMap`: run ids are UUIDv7 taken just before the insert, so
 /// nearly every insert lands at the back (or a few places from it) and the
 /// oldest leave from the front. A B-tree fed in order leaves its nodes about
-/// half full; 10,000 records of 316 bytes held 5,860 KiB in a `BTreeMap`
-/// and 3,132 KiB in a deque (measured, RSS). The deque grows to at most one past the
-/// count bound, never to the next power of two.
+/// half full, so the same records take far more memory than in a deque. The
+/// deque grows to at most one past the count bound, never to the next power
+/// of two.
 #[derive(Debug)]
 struct Runs {
     sorted: VecDeque<(Uuid, Stored)>,
@@ -227,8 +224,8 @@ impl Runs {
     /// Where `run_id` is (`Ok`) or would go (`Err`). Galloping from the back,
     /// then a binary search in the last stride: the runs being begun and
     /// finished are the newest, a few places from the end, and a plain binary
-    /// search over 10,000 records touches fourteen cache lines across 2 MB
-    /// (1.8 % of the worker's CPU on a push load, by `perf`).
+    /// search over a full ledger touches a cold cache line at every probe (it
+    /// showed under `perf` on a push load).
     fn position(&self, run_id: &Uuid) -> Result<usize, usize> {
         // Every index at or past `upper` holds a greater id.
         let mut upper = self.sorted.len();
@@ -577,10 +574,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        jobs::RunSource,
-        runs::{DedupKey, RunPrincipal},
-    };
+    use crate::runs::{DedupKey, RunPrincipal, RunSource};
 
     fn settings(lease: Duration, max_records: usize) -> StoreSettings {
         StoreSettings {

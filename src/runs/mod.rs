@@ -26,8 +26,8 @@
 //! timeout, so a live run never loses its key; a crashed instance blocks its
 //! message only until the lease expires.
 //!
-//! [`runner`] holds the one sequence both handlers use: begin, run the job,
-//! [`RunStore::finish`]. Two stores implement the trait: [`memory`] (the
+//! [`crate::runner`] holds the one sequence both handlers use: begin, run the
+//! job, [`RunStore::finish`]. Two stores implement the trait: [`memory`] (the
 //! default, bounded in count and age, for one instance and `make run`) and
 //! [`postgres`] (when `DATABASE_URL` is set, shared by many instances).
 //!
@@ -36,7 +36,6 @@
 
 pub mod memory;
 pub mod postgres;
-pub mod runner;
 
 use std::{fmt, time::Duration};
 
@@ -46,7 +45,37 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::jobs::RunSource;
+use crate::principal::Principal;
+
+/// Where a run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSource {
+    /// A Pub/Sub push delivery.
+    Push,
+    /// A person, from the admin page or the API.
+    Manual,
+    /// A service (Cloud Scheduler, Cloud Tasks) calling `POST /jobs/{name}`.
+    Service,
+}
+
+impl RunSource {
+    /// The source's name in logs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Manual => "manual",
+            Self::Service => "service",
+        }
+    }
+
+    /// Parses a source's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Push, Self::Manual, Self::Service]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -151,8 +180,8 @@ pub struct RunPrincipal {
     pub id: String,
 }
 
-impl From<&crate::auth::Principal> for RunPrincipal {
-    fn from(p: &crate::auth::Principal) -> Self {
+impl From<&Principal> for RunPrincipal {
+    fn from(p: &Principal) -> Self {
         Self {
             kind: p.kind().to_owned(),
             id: p.id().to_owned(),

@@ -282,6 +282,12 @@ async fn bad_tokens_are_refused_with_the_right_status() {
             invalid,
         ),
         (
+            "email_verified the string \"true\" (Google issues a boolean)",
+            sign_g(with(g(), "email_verified", json!("true"))),
+            401,
+            invalid,
+        ),
+        (
             "email_verified missing",
             sign_g(with(g(), "email_verified", Value::Null)),
             401,

@@ -150,6 +150,21 @@ fn bad_configuration_names_the_variable() {
             vec![("JOB_TIMEOUT_SECS", "0")],
             "JOB_TIMEOUT_SECS",
         ),
+        (
+            "header timeout zero",
+            vec![("HTTP_HEADER_READ_TIMEOUT_SECS", "0")],
+            "HTTP_HEADER_READ_TIMEOUT_SECS",
+        ),
+        (
+            "idle timeout zero",
+            vec![("HTTP_IDLE_TIMEOUT_SECS", "0")],
+            "HTTP_IDLE_TIMEOUT_SECS",
+        ),
+        (
+            "connection bound zero",
+            vec![("HTTP_MAX_CONNECTIONS", "0")],
+            "HTTP_MAX_CONNECTIONS",
+        ),
         ("port out of range", vec![("PORT", "70000")], "PORT"),
     ];
     for (case, env, variable) in cases {

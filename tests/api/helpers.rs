@@ -19,9 +19,10 @@ use pushworker::{
         ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
         Secret, TriggerPolicy,
     },
-    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource},
+    jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource, webhook},
     pubsub::MessageMeta,
     runs::RunStore,
+    server::HttpServerConfig,
     startup::Application,
 };
 use serde_json::{Value, json};
@@ -385,6 +386,12 @@ pub struct Options {
     pub counter: Arc<AtomicUsize>,
     /// The PostgreSQL ledger's pool and batching.
     pub pg: pushworker::runs::postgres::PgSettings,
+    /// The HTTP server's timeouts and connection bound.
+    pub http: HttpServerConfig,
+    /// `WEBHOOK_ALLOWED_HOSTS`.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// `WEBHOOK_MAX_RESPONSE_BYTES`.
+    pub webhook_max_response_bytes: u64,
 }
 
 impl Default for Options {
@@ -410,8 +417,20 @@ impl Default for Options {
             token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
             pg: pushworker::runs::postgres::PgSettings::default(),
+            http: HttpServerConfig::default(),
+            webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+            webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
+}
+
+/// The webhook job's settings from `options`.
+pub fn webhook_config(options: &Options) -> webhook::WebhookConfig {
+    webhook::WebhookConfig::new(
+        &options.webhook_allowed_hosts,
+        options.webhook_max_response_bytes,
+    )
+    .expect("valid webhook settings")
 }
 
 pub struct TestApp {
@@ -468,7 +487,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             max_stale: options.max_stale,
             fetch_timeout: options.fetch_timeout,
         },
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(options),
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
@@ -481,6 +500,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             ..RunsConfig::defaults(options.job_timeout)
         },
         shutdown_grace: Duration::from_secs(2),
+        http: options.http.clone(),
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
@@ -494,8 +514,9 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     let http = reqwest::Client::new();
     let jobs = JobRegistry::builtin(&JobDeps {
         http,
-        webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
+        webhook: webhook_config(&options),
     })
+    .expect("built-in jobs")
     .register(FlakyOnce {
         attempts: Arc::default(),
         record: record.clone(),

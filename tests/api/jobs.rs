@@ -156,7 +156,11 @@ async fn webhook_job_classifies_failures() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, target).await.ok() });
 
-    let app = spawn_app().await;
+    let app = spawn_app_with(Options {
+        webhook_allowed_hosts: vec![base.replace("http://", ""), "127.0.0.1:1".to_owned()],
+        ..Options::default()
+    })
+    .await;
     let token = clerk_token(&[TRIGGER]);
     let cases = [
         (format!("{base}/ok"), 200, "succeeded"),
@@ -187,4 +191,30 @@ async fn webhook_job_classifies_failures() {
 async fn health_needs_no_auth() {
     let app = spawn_app().await;
     assert_eq!(app.healthz().await.status(), 200);
+}
+
+/// A second job under a name already taken stops start-up with an error that
+/// names the job, rather than silently replacing the first one.
+#[tokio::test]
+async fn a_job_registered_twice_stops_start_up() {
+    use pushworker::{
+        jobs::{JobDeps, JobRegistry, echo::Echo},
+        startup::Application,
+    };
+    let keys = KeyServer::start().await;
+    let jobs = JobRegistry::builtin(&JobDeps {
+        http: reqwest::Client::new(),
+        webhook: webhook_config(&Options::default()),
+    })
+    .expect("the built-in jobs build")
+    .register(Echo);
+    let built = Application::build_with_jobs(config(&keys, &Options::default()), Some(jobs)).await;
+    let Err(err) = built else {
+        panic!("start-up went on with two jobs named `echo`");
+    };
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("job `echo` is registered twice"),
+        "the error should name the job: {message}"
+    );
 }

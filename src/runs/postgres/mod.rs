@@ -49,7 +49,7 @@ use super::{
     ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
 };
-use crate::jobs::RunSource;
+use super::RunSource;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

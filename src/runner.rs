@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::{
-    Claim, DedupKey, Finish, JsonText, NewRun, PayloadDigest, RunPrincipal, RunRecord, RunStatus,
-    RunStore, StoreError, digest, now_micros, truncate,
-};
 use crate::{
-    auth::Principal,
-    jobs::{DispatchError, JobContext, JobOutput, JobRegistry, RunSource},
+    jobs::{DispatchError, JobContext, JobOutput, JobRegistry},
+    principal::Principal,
     pubsub::MessageMeta,
+    runs::{
+        Claim, DedupKey, Finish, JsonText, NewRun, PayloadDigest, RunPrincipal, RunRecord,
+        RunSource, RunStatus, RunStore, StoreError, digest, now_micros, truncate,
+    },
 };
 
 /// Longest error text kept in a record.
@@ -120,8 +120,8 @@ fn capture_payload(bytes: &[u8], cap: usize) -> (Option<JsonText>, bool) {
 }
 
 /// The output as recorded: JSON within the cap, else left out (written into
-/// a buffer that stops at the cap: a 10 MB output must not cost another
-/// 10 MB). An error means the output cannot be serialised at all.
+/// a buffer that stops at the cap: a large output must not be copied whole
+/// just to be measured). An error means the output cannot be serialised at all.
 fn capture_output(output: &JobOutput, cap: usize) -> serde_json::Result<(Option<JsonText>, bool)> {
     struct Capped {
         text: Vec<u8>,

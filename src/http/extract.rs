@@ -1,0 +1,94 @@
+//! The extractors over [`crate::auth`]: a handler names who may call it by
+//! taking one of these, and a refused caller never reaches its body.
+//!
+//! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
+//! - [`CanTrigger`]: may run jobs ([`Principal::check_trigger`]);
+//! - [`CanPush`]: may deliver to the push routes ([`Principal::check_push`]);
+//! - [`CanViewRuns`]: may read the run ledger ([`Principal::check_view_runs`]).
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
+
+use super::{AppState, Error};
+use crate::auth::Principal;
+
+/// Any verified caller. Add this parameter to a handler to require
+/// authentication; the handler then knows who called.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Arc<Principal>);
+
+/// A caller allowed to run jobs (see [`Principal::check_trigger`]).
+#[derive(Debug, Clone)]
+pub struct CanTrigger(pub Arc<Principal>);
+
+/// A caller allowed on the push routes (see [`Principal::check_push`]).
+#[derive(Debug, Clone)]
+pub struct CanPush(pub Arc<Principal>);
+
+/// A caller allowed to read the run ledger (see
+/// [`Principal::check_view_runs`]).
+#[derive(Debug, Clone)]
+pub struct CanViewRuns(pub Arc<Principal>);
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanTrigger
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_trigger(&state.config.trigger)?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanPush
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_push()?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanViewRuns
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission)?;
+        Ok(Self(principal))
+    }
+}

@@ -1,0 +1,150 @@
+//! Logging: readable text locally; on Cloud Run (or with `LOG_FORMAT=json`)
+//! one JSON object per line on stdout in Cloud Logging's structured format
+//! (see [`format`] for its fields).
+//!
+//! Lines go to stdout through `tracing-appender`'s non-blocking writer in
+//! lossless mode: a request hands its line over and a writer thread writes
+//! what has queued up in one call, so a log collector on the pipe is not
+//! woken once per line. [`LogGuard`] holds that thread; dropping it (at the
+//! end of `main`) writes every line still queued.
+//!
+//! Text lines escape control characters in every field and message, so no
+//! caller's input can start a line of its own or reach a terminal as an
+//! escape sequence; they are coloured only on a terminal, and never with
+//! `NO_COLOR` set. Nothing here logs headers or bodies; tokens never reach a
+//! log line. `RUST_LOG` filters (default `info`).
+
+mod format;
+mod trace;
+
+use std::io::IsTerminal as _;
+
+pub use trace::trace_context;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::{
+    EnvFilter,
+    filter::{LevelFilter, Targets},
+    fmt,
+    prelude::*,
+};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, in Cloud Logging's format.
+    Json,
+}
+
+/// Keeps the log writer's thread; dropping it writes every queued line.
+/// `main` owns it and drops it last.
+#[derive(Debug, Default)]
+pub struct LogGuard(std::sync::OnceLock<WorkerGuard>);
+
+/// Installs the global subscriber, its writer thread held by `guard`. Call
+/// once; a second call changes nothing.
+///
+/// `RUST_LOG` of levels and targets (`info`, `warn,pushworker=debug`), the
+/// usual case, is read as a static [`Targets`] filter; only a spec that needs
+/// more (span or field directives) gets an [`EnvFilter`], which costs on
+/// every entry into a span, i.e. on every poll of every request.
+pub fn init(guard: &LogGuard, format: LogFormat, project_id: Option<String>) {
+    if guard.0.get().is_some() {
+        return;
+    }
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (targets, env_filter) = filter(&spec);
+    let (writer, worker) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
+    let registry = tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter);
+    let installed = match format {
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(colour(
+                        std::io::stdout().is_terminal(),
+                        std::env::var_os("NO_COLOR"),
+                    ))
+                    .fmt_fields(format::EscapedFields)
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(format::SpanFields)
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .fmt_fields(format::NoFields)
+                    .event_format(format::CloudLogging::new(project_id))
+                    .with_writer(writer),
+            )
+            .try_init(),
+    };
+    if installed.is_ok() {
+        let _ = guard.0.set(worker);
+    }
+}
+
+/// Whether text lines are coloured: only on a terminal, and not with
+/// `NO_COLOR` set to anything but the empty string (no-color.org).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The filter for a `RUST_LOG` spec: `info` when it is empty or unreadable.
+fn filter(spec: &str) -> (Option<Targets>, Option<EnvFilter>) {
+    let info = || (Some(Targets::new().with_default(LevelFilter::INFO)), None);
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return info();
+    }
+    if let Ok(targets) = spec.parse::<Targets>() {
+        return (Some(targets), None);
+    }
+    match EnvFilter::try_new(spec) {
+        Ok(env) => (None, Some(env)),
+        Err(_) => info(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Levels and targets get the static filter; span directives need
+    /// EnvFilter; nothing, or nonsense, is `info`.
+    #[test]
+    fn rust_log_picks_the_cheapest_filter_that_reads_it() {
+        let is_targets = |spec: &str| matches!(filter(spec), (Some(_), None));
+        assert!(is_targets(""));
+        assert!(is_targets("warn"));
+        assert!(is_targets("info,pushworker=debug,hyper=warn"));
+        assert!(matches!(
+            filter("[request{job=echo}]=debug"),
+            (None, Some(_))
+        ));
+        let (targets, env) = filter("pushworker=notalevel[");
+        assert!(env.is_none());
+        let targets = targets.unwrap();
+        assert!(targets.would_enable("pushworker", &tracing::Level::INFO));
+        assert!(!targets.would_enable("pushworker", &tracing::Level::DEBUG));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())), "empty NO_COLOR is unset");
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a pipe or a file");
+        assert!(!colour(false, Some("1".into())));
+    }
+}
