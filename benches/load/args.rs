@@ -30,6 +30,12 @@ pub struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.json"))]
     pub out: PathBuf,
 
+    /// PostgreSQL for the shared-ledger scenario (`host:port`, user
+    /// `postgres`, trust auth; fresh databases are created and dropped);
+    /// `none` skips it.
+    #[arg(long, default_value = "127.0.0.1:5432")]
+    pub postgres: String,
+
     /// Passed by `cargo bench`; without it the bench exits at once.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -55,6 +55,7 @@
 mod args;
 mod keys;
 mod load;
+mod postgres;
 mod report;
 mod scenarios;
 mod worker;

@@ -85,6 +85,8 @@ pub struct Report<'a> {
     pub cold: ColdStart,
     pub idle_kib: u64,
     pub large: Large,
+    /// The shared-ledger scenario, unless skipped (`--postgres none`).
+    pub postgres: Option<crate::postgres::PgReport>,
 }
 
 struct Steadiness {
@@ -280,6 +282,9 @@ impl Report<'_> {
     }
 
     pub fn print(&self) {
+        if let Some(pg) = &self.postgres {
+            pg.print();
+        }
         let a = self.args;
         println!(
             "\n| scenario | req/s | p50 ms | p99 ms | baseline req/s | × baseline | server CPU µs/req | key fetches | notes |"
@@ -461,6 +466,7 @@ impl Report<'_> {
             "targets": self.targets().iter().map(|t| json!({
                 "what": t.what, "target": t.target, "measured": t.measured, "met": t.met,
             })).collect::<Vec<_>>(),
+            "postgres_ledger": self.postgres.as_ref().map(crate::postgres::PgReport::to_json),
         })
     }
 }

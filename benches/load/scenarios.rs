@@ -212,8 +212,25 @@ impl Bench {
         }
         baseline()?;
         drop(worker);
+        let postgres = if a.postgres == "none" {
+            None
+        } else {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+            Some(crate::postgres::run(&crate::postgres::Inputs {
+                keys: self.keys.addr,
+                host: &a.postgres,
+                dir: &dir,
+                template: &inputs.template,
+                token: &inputs.one_token,
+                threads: a.threads,
+                connections: a.connections,
+                duration: a.duration,
+                warmup: WARMUP_SECS,
+            })?)
+        };
 
         Ok(Report {
+            postgres,
             args: a,
             baselines,
             scenarios,

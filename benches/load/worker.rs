@@ -30,6 +30,12 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(keys: SocketAddr) -> Result<Self> {
+        Self::spawn_with(keys, &[])
+    }
+
+    /// The same, with more environment (`DATABASE_URL` for the shared
+    /// ledger).
+    pub fn spawn_with(keys: SocketAddr, env: &[(&str, String)]) -> Result<Self> {
         let port = free_port()?;
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushworker"))
@@ -45,6 +51,7 @@ impl Worker {
             .env("CLERK_AUTHORIZED_PARTIES", AZP)
             .env("GOOGLE_CLOUD_PROJECT", "bench-project")
             .env("LOG_FORMAT", "json")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -73,7 +80,12 @@ impl Worker {
     /// A worker that answers `/readyz` and has settled, so its RSS reads as
     /// idle.
     pub fn spawn_ready(keys: SocketAddr) -> Result<Self> {
-        let worker = Self::spawn(keys)?;
+        Self::spawn_ready_with(keys, &[])
+    }
+
+    /// [`Worker::spawn_ready`] with more environment.
+    pub fn spawn_ready_with(keys: SocketAddr, env: &[(&str, String)]) -> Result<Self> {
+        let worker = Self::spawn_with(keys, env)?;
         worker.wait_for(&RawRequest::get("/readyz"), 200, Duration::from_secs(10))?;
         std::thread::sleep(Duration::from_secs(1));
         Ok(worker)

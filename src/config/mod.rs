@@ -153,6 +153,28 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// Connections each instance opens to PostgreSQL. Keep instances × pool
+    /// within the server's `max_connections` minus its reserve (Cloud SQL:
+    /// by tier; Cloud Run: `--max-instances`).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: u32,
+
+    /// Longest one ledger statement may run on PostgreSQL, in seconds
+    /// (`statement_timeout`, per connection); past it the request is a 503.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 5)]
+    pub database_statement_timeout_secs: u64,
+
+    /// Most claims (or finishes) written together in one statement and one
+    /// commit.
+    #[arg(long, env = "DATABASE_BATCH_MAX_ROWS", default_value_t = 32)]
+    pub database_batch_max_rows: usize,
+
+    /// Longest a claim (or finish) waits for others to share its statement,
+    /// in milliseconds; only while another batch is being written (an idle
+    /// instance writes at once). 0: never wait.
+    #[arg(long, env = "DATABASE_BATCH_MAX_WAIT_MS", default_value_t = 1)]
+    pub database_batch_max_wait_ms: u64,
+
     /// How long a run holds its message (or `Idempotency-Key`) without
     /// finishing before a redelivery may take over, in seconds: how long a
     /// crashed instance blocks a message. Must exceed `JOB_TIMEOUT_SECS`

@@ -47,6 +47,8 @@ pub struct RunsConfig {
     pub max_records: usize,
     /// How long records are kept.
     pub retention: Duration,
+    /// The PostgreSQL ledger's pool and batching.
+    pub postgres: crate::runs::postgres::PgSettings,
     /// The Clerk permission that allows reading runs.
     pub view_permission: String,
     /// Largest payload kept in a record.
@@ -64,6 +66,7 @@ impl RunsConfig {
             lease: job_timeout + Duration::from_secs(30),
             max_records: 10_000,
             retention: Duration::from_secs(168 * 3600),
+            postgres: crate::runs::postgres::PgSettings::default(),
             view_permission: "org:jobs:read".to_owned(),
             payload_cap: 64 * 1024,
             output_cap: 64 * 1024,
@@ -76,6 +79,7 @@ impl RunsConfig {
             lease: self.lease,
             retention: self.retention,
             max_records: self.max_records,
+            postgres: self.postgres,
         }
     }
 }
@@ -133,8 +137,38 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
             );
         }
     }
+    if args.database_pool_size < 2 || args.database_pool_size > 1000 {
+        bail!(
+            "DATABASE_POOL_SIZE: {} is out of range; use 2 to 1000 (and keep instances × pool within PostgreSQL's max_connections)",
+            args.database_pool_size
+        );
+    }
+    if args.database_statement_timeout_secs == 0 || args.database_statement_timeout_secs > 600 {
+        bail!(
+            "DATABASE_STATEMENT_TIMEOUT_SECS: {} is out of range; use 1 to 600",
+            args.database_statement_timeout_secs
+        );
+    }
+    if args.database_batch_max_rows == 0 || args.database_batch_max_rows > 1000 {
+        bail!(
+            "DATABASE_BATCH_MAX_ROWS: {} is out of range; use 1 (no batching) to 1000",
+            args.database_batch_max_rows
+        );
+    }
+    if args.database_batch_max_wait_ms > 1000 {
+        bail!(
+            "DATABASE_BATCH_MAX_WAIT_MS: {} is out of range; use 0 to 1000",
+            args.database_batch_max_wait_ms
+        );
+    }
     Ok(RunsConfig {
         database_url,
+        postgres: crate::runs::postgres::PgSettings {
+            pool_size: args.database_pool_size,
+            statement_timeout: Duration::from_secs(args.database_statement_timeout_secs),
+            batch_max_rows: args.database_batch_max_rows,
+            batch_max_wait: Duration::from_millis(args.database_batch_max_wait_ms),
+        },
         lease: Duration::from_secs(lease_secs),
         max_records: args.runs_max_records,
         retention: Duration::from_secs(args.runs_retention_hours * 3600),

@@ -581,6 +581,7 @@ mod tests {
             lease,
             retention: Duration::from_secs(3600),
             max_records,
+            postgres: Default::default(),
         }
     }
 

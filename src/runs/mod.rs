@@ -424,6 +424,8 @@ pub struct StoreSettings {
     pub retention: Duration,
     /// The memory store's bound on records.
     pub max_records: usize,
+    /// The PostgreSQL store's pool and batching.
+    pub postgres: postgres::PgSettings,
 }
 
 /// Why the store could not answer.

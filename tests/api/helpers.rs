@@ -384,6 +384,8 @@ pub struct Options {
     pub token_cache_max_entries: usize,
     /// The `count` job's counter.
     pub counter: Arc<AtomicUsize>,
+    /// The PostgreSQL ledger's pool and batching.
+    pub pg: pushworker::runs::postgres::PgSettings,
     /// The HTTP server's timeouts and connection bound.
     pub http: HttpServerConfig,
     /// `WEBHOOK_ALLOWED_HOSTS`.
@@ -414,6 +416,7 @@ impl Default for Options {
             payload_cap: 64 * 1024,
             token_cache_max_entries: 10_000,
             counter: Arc::new(AtomicUsize::new(0)),
+            pg: pushworker::runs::postgres::PgSettings::default(),
             http: HttpServerConfig::default(),
             webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
             webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
@@ -493,6 +496,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
             lease: options.lease,
             max_records: options.runs_max_records,
             payload_cap: options.payload_cap,
+            postgres: options.pg,
             ..RunsConfig::defaults(options.job_timeout)
         },
         shutdown_grace: Duration::from_secs(2),

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod jobs;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod logs;
 mod push;

@@ -138,6 +138,24 @@ async fn postgres_two_instances_run_a_message_once() {
     fifty_deliveries_run_once(&[&a, &b]).await;
 }
 
+/// The same, with batches that wait longer for company: deliveries of one
+/// message land in one statement and resolve as if one came after another.
+#[tokio::test]
+async fn postgres_batched_two_instances_run_a_message_once() {
+    let db = TestDb::create().await;
+    let options = Options {
+        database_url: Some(db.url()),
+        pg: pushworker::runs::postgres::PgSettings {
+            batch_max_wait: std::time::Duration::from_millis(10),
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let a = spawn_app_with(options.clone()).await;
+    let b = spawn_app_with(options).await;
+    fifty_deliveries_run_once(&[&a, &b]).await;
+}
+
 /// The in-memory ledger, within one instance.
 #[tokio::test]
 async fn memory_one_instance_runs_a_message_once() {
@@ -999,7 +1017,7 @@ async fn memory_caps_and_bounds() {
 #[test]
 fn ledger_configuration_is_validated_and_the_url_never_printed() {
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 10] = [
         (
             "unreachable database",
             vec![(
@@ -1035,6 +1053,26 @@ fn ledger_configuration_is_validated_and_the_url_never_printed() {
             "empty view permission",
             vec![("RUNS_VIEW_PERMISSION", " ")],
             "RUNS_VIEW_PERMISSION",
+        ),
+        (
+            "a pool of one",
+            vec![("DATABASE_POOL_SIZE", "1")],
+            "DATABASE_POOL_SIZE",
+        ),
+        (
+            "no statement timeout",
+            vec![("DATABASE_STATEMENT_TIMEOUT_SECS", "0")],
+            "DATABASE_STATEMENT_TIMEOUT_SECS",
+        ),
+        (
+            "empty batches",
+            vec![("DATABASE_BATCH_MAX_ROWS", "0")],
+            "DATABASE_BATCH_MAX_ROWS",
+        ),
+        (
+            "a batch wait in seconds",
+            vec![("DATABASE_BATCH_MAX_WAIT_MS", "5000")],
+            "DATABASE_BATCH_MAX_WAIT_MS",
         ),
     ];
     for (case, env, variable) in cases {
