@@ -45,11 +45,11 @@ use statements::{
     CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS, RUN_COLUMNS,
 };
 
+use super::RunSource;
 use super::{
     ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
     RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
 };
-use super::RunSource;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
