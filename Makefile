@@ -147,7 +147,7 @@ BENCH_ARGS ?=
 .PHONY: bench
 
 ## bench: release build, then wrk against the real binary and a bare axum route
-## side by side (scenarios in benches/load.rs); writes bench/results.json.
+## side by side (scenarios in benches/load/scenarios.rs); writes bench/results.json.
 ## Options: make bench BENCH_ARGS='--duration 20 --connections 64'
 bench:
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
