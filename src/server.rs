@@ -539,7 +539,7 @@ impl RateLimited {
 }
 
 /// The pause after accept errors: none for errors of one connection (reset
-/// before it was accepted), else growing from 5 ms to
+/// before it was accepted), else doubling from a few milliseconds up to
 /// [`ACCEPT_BACKOFF_MAX`] while errors repeat (out of file descriptors
 /// lasts until connections close).
 #[derive(Debug, Default)]
