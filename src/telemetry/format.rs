@@ -13,8 +13,6 @@
 
 use std::fmt::{self, Write as _};
 
-use serde::ser::{SerializeMap as _, Serializer as _};
-use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tracing::{
     Event, Subscriber,
@@ -101,56 +99,99 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
 
 // --- JSON -------------------------------------------------------------------
 
-/// A field's name and value.
-type Entry = (&'static str, Value);
-
-/// The fields of a span, as JSON values, in its extensions.
+/// Fields as names and JSON-encoded values, in one buffer. A span keeps one
+/// in its extensions; each line merges its spans' and its event's into a
+/// per-thread one, so a line allocates nothing once the buffers have grown.
 #[derive(Default)]
-struct Fields(Vec<Entry>);
+struct Fields {
+    json: Vec<u8>,
+    entries: Vec<(&'static str, std::ops::Range<usize>)>,
+    /// Where `Debug` values are formatted before they are encoded.
+    text: String,
+}
 
 impl Fields {
-    /// A later value of a name replaces the earlier one.
-    fn put(&mut self, name: &'static str, value: Value) {
-        match self.0.iter_mut().find(|(k, _)| *k == name) {
-            Some(entry) => entry.1 = value,
-            None => self.0.push((name, value)),
+    fn clear(&mut self) {
+        self.json.clear();
+        self.entries.clear();
+    }
+
+    /// The encoded value of `name`.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, at)| &self.json[at.clone()])
+    }
+
+    /// Appends `value`, encoded; a later value of a name replaces the
+    /// earlier one in its place.
+    fn put(&mut self, name: &'static str, value: impl serde::Serialize) {
+        let start = self.json.len();
+        if serde_json::to_writer(&mut self.json, &value).is_err() {
+            self.json.truncate(start);
+            self.json.extend_from_slice(b"null");
+        }
+        self.put_encoded(name, start);
+    }
+
+    /// Makes the bytes from `start` to the end the value of `name`.
+    fn put_encoded(&mut self, name: &'static str, start: usize) {
+        let at = start..self.json.len();
+        match self.entries.iter_mut().find(|(k, _)| *k == name) {
+            Some(entry) => entry.1 = at,
+            None => self.entries.push((name, at)),
+        }
+    }
+
+    /// Takes every field of `other`, its values winning.
+    fn merge(&mut self, other: &Fields) {
+        for (name, at) in &other.entries {
+            let start = self.json.len();
+            self.json.extend_from_slice(&other.json[at.clone()]);
+            self.put_encoded(name, start);
         }
     }
 }
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field.name(), value.into());
+        self.put(field.name(), value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field.name(), value.into());
+        self.put(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field.name(), value.into());
+        self.put(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field.name(), value.into());
+        self.put(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinity: those become `null`.
-        self.put(field.name(), value.into());
+        // JSON has no NaN or infinity: serde_json writes those as `null`.
+        self.put(field.name(), value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field.name(), value.to_string().into());
+        self.record_debug(field, &format_args!("{value}"));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field.name(), format!("{value:?}").into());
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let _ = write!(text, "{value:?}");
+        self.put(field.name(), text.as_str());
+        self.text = text;
     }
 }
 
-/// Keeps each span's fields as JSON values, for [`CloudLogging`] to write
-/// on every line inside the span.
+/// Keeps each span's fields, encoded, for [`CloudLogging`] to write on every
+/// line inside the span.
 pub(super) struct SpanFields;
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SpanFields {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
+        fields.text = String::new();
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(fields);
         }
@@ -181,12 +222,19 @@ impl<'w> FormatFields<'w> for NoFields {
 
 /// Cloud Logging's JSON line.
 pub(super) struct CloudLogging {
-    project_id: Option<String>,
+    /// `"projects/P/traces/`, encoded, when the project is known.
+    trace_prefix: Option<Vec<u8>>,
 }
 
 impl CloudLogging {
     pub(super) fn new(project_id: Option<String>) -> Self {
-        Self { project_id }
+        let trace_prefix = project_id.map(|p| {
+            let mut prefix =
+                serde_json::to_vec(&format!("projects/{p}/traces/")).unwrap_or_default();
+            prefix.pop(); // the closing quote: the trace id follows
+            prefix
+        });
+        Self { trace_prefix }
     }
 }
 
@@ -199,78 +247,78 @@ fn severity(level: &tracing::Level) -> &'static str {
     }
 }
 
-/// Every name once, with the value of the last source that has it (outer
-/// spans first, the event last).
-fn merge<'a>(sources: impl IntoIterator<Item = &'a Fields>) -> Vec<(&'static str, &'a Value)> {
-    let mut merged: Vec<(&'static str, &Value)> = Vec::with_capacity(16);
-    for (name, value) in sources.into_iter().flat_map(|f| &f.0) {
-        match merged.iter_mut().find(|(k, _)| k == name) {
-            Some(entry) => entry.1 = value,
-            None => merged.push((name, value)),
-        }
-    }
-    merged
+/// What one thread reuses for every line it writes.
+#[derive(Default)]
+struct Scratch {
+    fields: Fields,
+    line: Vec<u8>,
 }
 
-/// `httpRequest`: the `http.*` fields without their prefix.
-struct HttpRequest<'a>(&'a [(&'static str, &'a Value)]);
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
 
-impl serde::Serialize for HttpRequest<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (name, value) in self.0 {
-            if let Some(name) = name.strip_prefix("http.") {
-                map.serialize_entry(name, value)?;
-            }
-        }
-        map.end()
-    }
+/// Appends `"name":` to `out`.
+fn key(out: &mut Vec<u8>, name: &str) {
+    let _ = serde_json::to_writer(&mut *out, name);
+    out.push(b':');
 }
 
 impl CloudLogging {
-    /// One line: severity, time, message, trace, span id, `httpRequest`,
-    /// target, then the other fields.
-    fn write_line(
-        &self,
-        out: &mut Vec<u8>,
-        event: &Event<'_>,
-        fields: &[(&'static str, &Value)],
-    ) -> serde_json::Result<()> {
+    /// One line of `fields` (outer spans first, the event last, merged):
+    /// severity, time, message, trace, span id, `httpRequest`, target, then
+    /// the other fields.
+    fn write_line(&self, out: &mut Vec<u8>, event: &Event<'_>, fields: &Fields) {
         const SPECIAL: [&str; 3] = ["message", "trace_id", "span_id"];
-        let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let mut line = serde_json::Serializer::new(&mut *out);
-        let mut map = line.serialize_map(None)?;
-        map.serialize_entry("severity", severity(event.metadata().level()))?;
-        let now = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default();
-        map.serialize_entry("time", &now)?;
-        map.serialize_entry("message", get("message").unwrap_or(&Value::Null))?;
-        if let Some(Value::String(trace)) = get("trace_id") {
-            match &self.project_id {
-                Some(p) => map.serialize_entry(
-                    "logging.googleapis.com/trace",
-                    &format!("projects/{p}/traces/{trace}"),
-                )?,
-                None => map.serialize_entry("logging.googleapis.com/trace", trace)?,
+        out.extend_from_slice(b"{\"severity\":\"");
+        out.extend_from_slice(severity(event.metadata().level()).as_bytes());
+        out.extend_from_slice(b"\",\"time\":\"");
+        let _ = OffsetDateTime::now_utc().format_into(&mut *out, &Rfc3339);
+        out.extend_from_slice(b"\",\"message\":");
+        out.extend_from_slice(fields.get("message").unwrap_or(b"null"));
+        if let Some(trace) = fields.get("trace_id").filter(|v| v.first() == Some(&b'"')) {
+            out.extend_from_slice(b",\"logging.googleapis.com/trace\":");
+            match &self.trace_prefix {
+                Some(prefix) => {
+                    out.extend_from_slice(prefix);
+                    out.extend_from_slice(&trace[1..]);
+                }
+                None => out.extend_from_slice(trace),
             }
         }
-        if let Some(span_id) = get("span_id") {
-            map.serialize_entry("logging.googleapis.com/spanId", span_id)?;
+        if let Some(span_id) = fields.get("span_id") {
+            out.extend_from_slice(b",\"logging.googleapis.com/spanId\":");
+            out.extend_from_slice(span_id);
         }
-        if fields.iter().any(|(k, _)| k.starts_with("http.")) {
-            map.serialize_entry("httpRequest", &HttpRequest(fields))?;
+        let mut http = fields
+            .entries
+            .iter()
+            .filter_map(|(k, at)| Some((k.strip_prefix("http.")?, at)))
+            .peekable();
+        if http.peek().is_some() {
+            out.extend_from_slice(b",\"httpRequest\":{");
+            for (i, (name, at)) in http.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                key(out, name);
+                out.extend_from_slice(&fields.json[at.clone()]);
+            }
+            out.push(b'}');
         }
-        map.serialize_entry("target", event.metadata().target())?;
-        for (name, value) in fields
+        out.push(b',');
+        key(out, "target");
+        let _ = serde_json::to_writer(&mut *out, event.metadata().target());
+        for (name, at) in fields
+            .entries
             .iter()
             .filter(|(k, _)| !k.starts_with("http.") && !SPECIAL.contains(k))
         {
-            map.serialize_entry(name, value)?;
+            out.push(b',');
+            key(out, name);
+            out.extend_from_slice(&fields.json[at.clone()]);
         }
-        map.end()?;
-        out.push(b'\n');
-        Ok(())
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -285,24 +333,28 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let spans: Vec<_> = ctx
-            .event_scope()
-            .map(|scope| scope.from_root().collect())
-            .unwrap_or_default();
-        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut own = Fields::default();
-        event.record(&mut own);
-        let fields = merge(
-            extensions
-                .iter()
-                .filter_map(|e| e.get::<Fields>())
-                .chain(std::iter::once(&own)),
-        );
-        let mut out = Vec::with_capacity(512);
-        self.write_line(&mut out, event, &fields)
-            .map_err(|_| fmt::Error)?;
-        // serde_json writes UTF-8 only.
-        writer.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+        let mut line = |scratch: &mut Scratch| {
+            let Scratch { fields, line } = scratch;
+            fields.clear();
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    if let Some(own) = span.extensions().get::<Fields>() {
+                        fields.merge(own);
+                    }
+                }
+            }
+            event.record(fields);
+            line.clear();
+            self.write_line(line, event, fields);
+            // Every piece is serde_json's output or ASCII: UTF-8.
+            writer.write_str(std::str::from_utf8(line).map_err(|_| fmt::Error)?)
+        };
+        // A `Debug` value that logs while it is formatted finds the scratch
+        // taken, and gets a fresh one.
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => line(&mut scratch),
+            Err(_) => line(&mut Scratch::default()),
+        })
     }
 }
 
@@ -330,25 +382,32 @@ mod tests {
         }
     }
 
-    /// A later record of a name replaces the earlier one; across sources
-    /// (outer span, inner span, event), the last source wins, and each name
-    /// comes once.
+    /// A later record of a name replaces the earlier one in its place;
+    /// across sources (outer span, inner span, event), the last source wins,
+    /// and each name comes once.
     #[test]
     fn later_values_of_a_name_win() {
         let mut outer = Fields::default();
-        outer.put("job", "echo".into());
-        outer.put("attempt", 1.into());
-        outer.put("job", "sleep".into());
+        outer.put("job", "echo");
+        outer.put("attempt", 1);
+        outer.put("job", "sleep");
         let mut own = Fields::default();
-        own.put("attempt", 2.into());
-        own.put("message", "hi".into());
-        let merged = merge([&outer, &own]);
+        own.put("attempt", 2);
+        own.put("message", "hi \"there\"\n");
+        let mut merged = Fields::default();
+        merged.merge(&outer);
+        merged.merge(&own);
+        let entries: Vec<_> = merged
+            .entries
+            .iter()
+            .map(|(k, _)| (*k, std::str::from_utf8(merged.get(k).unwrap()).unwrap()))
+            .collect();
         assert_eq!(
-            merged,
+            entries,
             [
-                ("job", &Value::from("sleep")),
-                ("attempt", &Value::from(2)),
-                ("message", &Value::from("hi"))
+                ("job", r#""sleep""#),
+                ("attempt", "2"),
+                ("message", r#""hi \"there\"\n""#)
             ]
         );
     }
