@@ -24,11 +24,14 @@ local threads = {}
 function setup(thread) table.insert(threads, thread); thread:set("tid", #threads) end
 function init(args)
   token = os.getenv("TOKEN")
+  -- Each wrk run's ids are its own: a repeat of the warm-up's would be a
+  -- duplicate, answered without running.
+  run = os.getenv("RUN")
   template = '{"message":{"data":"eyJtZXNzYWdlIjoiaGVsbG8gZnJvbSB0aGUgYmVuY2gifQ==","attributes":{"job":"echo"},"messageId":"@ID@","publishTime":"2026-11-28T12:00:00.000Z"},"subscription":"projects/bench-project/subscriptions/work-push"}'
 end
 function request()
   counter = counter + 1
-  local body = (string.gsub(template, "@ID@", tid .. "-" .. counter))
+  local body = (string.gsub(template, "@ID@", run .. "-" .. tid .. "-" .. counter))
   return wrk.format("POST", "/pubsub/push", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
 end
 LUA
@@ -41,10 +44,10 @@ one() {
   local pid=$!
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
   TOKEN=$("$bin" dev-token --dev-dir "$work/dev" google 2>/dev/null); export TOKEN
-  wrk -t2 -c32 -d3s -s "$work/push.lua" "http://127.0.0.1:$port" >/dev/null
+  RUN="w$RANDOM$RANDOM" wrk -t2 -c32 -d3s -s "$work/push.lua" "http://127.0.0.1:$port" >/dev/null
   local c0 c1 out
   c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-  out=$(wrk -t2 -c32 -d"${DUR}s" --latency -s "$work/push.lua" "http://127.0.0.1:$port")
+  out=$(RUN="m$RANDOM$RANDOM" wrk -t2 -c32 -d"${DUR}s" --latency -s "$work/push.lua" "http://127.0.0.1:$port")
   c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   local req; req=$(echo "$out" | awk '/requests in/ {print $1}')
   printf 'rps=%s p99=%s cpu_us_per_req=%s peak_rss_kb=%s\n' \

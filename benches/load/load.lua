@@ -1,8 +1,11 @@
 -- The script wrk runs for every load. Arguments after `--`: the path, the
 -- body template file (`@ID@` replaced by a unique id on every request, so the
 -- ledger runs each push, as Pub/Sub's would), the token file (`{tid}`
--- replaced by the wrk thread's number, 1-based), and optionally a file of
--- hostile tokens and how often (every Nth request) to send one. `done`
+-- replaced by the wrk thread's number, 1-based), a prefix that makes this
+-- run's ids its own (a warm-up, a second instance or a later run must not
+-- send the same ids: those would be duplicates, answered without running),
+-- and optionally a file of hostile tokens and how often (every Nth request)
+-- to send one. `done`
 -- prints one `BENCH_JSON` line that benches/load/load.rs parses.
 threads = {}
 counter = 0
@@ -10,7 +13,7 @@ wraps = 0
 statuses = {}
 local tokens, hostile = {}, {}
 local next_token, next_hostile, every = 1, 1, 0
-local path, template
+local path, template, run
 
 function setup(thread)
   table.insert(threads, thread)
@@ -31,9 +34,10 @@ function init(args)
   template = f:read("*a")
   f:close()
   tokens = read_lines((string.gsub(args[3], "{tid}", tostring(tid))))
-  if args[4] ~= nil and args[4] ~= "" then
-    hostile = read_lines(args[4])
-    every = tonumber(args[5])
+  run = args[4]
+  if args[5] ~= nil and args[5] ~= "" then
+    hostile = read_lines(args[5])
+    every = tonumber(args[6])
   end
 end
 
@@ -53,7 +57,7 @@ function request()
       end
     end
   end
-  local body = (string.gsub(template, "@ID@", tid .. "-" .. counter))
+  local body = (string.gsub(template, "@ID@", run .. "-" .. tid .. "-" .. counter))
   return wrk.format("POST", path, {
     ["Authorization"] = "Bearer " .. token,
     ["Content-Type"] = "application/json",

@@ -8,7 +8,7 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -110,6 +110,13 @@ impl Load {
     }
 }
 
+/// A prefix no other wrk run of this bench has used, for its message ids.
+fn run_prefix() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    format!("b{}r{run}", std::process::id())
+}
+
 /// Runs wrk with the bench's threads and connections, its input files in
 /// `dir`.
 pub struct Wrk {
@@ -183,7 +190,8 @@ impl Wrk {
             .arg("--")
             .arg(load.path)
             .arg(&load.template)
-            .arg(&load.tokens);
+            .arg(&load.tokens)
+            .arg(run_prefix());
         if let Some((file, every)) = &load.hostile {
             cmd.arg(file).arg(every.to_string());
         }
