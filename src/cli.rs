@@ -114,7 +114,7 @@ async fn serve(args: ServeArgs, logs: &telemetry::LogGuard) -> anyhow::Result<()
     telemetry::init(logs, config.log_format, config.project_id.clone());
     if config.dev_mode {
         tracing::warn!(
-            dev_dir = %args.dev_dir.display(),
+            dev_dir = %args.dev.dir.display(),
             "DEVELOPMENT MODE: a local signing key is trusted as Google and Clerk issuer; never use this in production"
         );
     }

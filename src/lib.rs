@@ -16,8 +16,9 @@
 //! - [`startup`] — [`startup::Application`] builds the parts from a
 //!   [`config::Config`], binds the listener and serves.
 //! - [`config`] — flags and environment, parsed and validated once at
-//!   start-up; it assembles the settings types of the modules below and
-//!   checks the rules that span them.
+//!   start-up: `ServeArgs` flattens the flag groups the modules below own,
+//!   and `config` turns them into those modules' settings types and checks
+//!   the rules that span them.
 //! - [`server`] — the accept loop under the router: header and idle timeouts,
 //!   the connection bound, graceful shutdown.
 //! - [`telemetry`] — logging: Cloud Logging JSON or escaped text, written by a
@@ -35,7 +36,8 @@
 //! - [`pubsub`] — the push envelope, wrapped and unwrapped, the dead-letter
 //!   publisher and the Pub/Sub client settings.
 //! - [`replay`] — `pushworker replay`: deliver messages from files or a
-//!   subscription (real Pub/Sub or the emulator) exactly as a push would.
+//!   subscription (real Pub/Sub or the emulator) exactly as a push would,
+//!   each with a bearer token.
 //! - [`runner`] — the one sequence both handlers call: record and claim, run
 //!   the job, record its end.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.

@@ -24,6 +24,21 @@ use serde_json::{Value, json};
 // The clock and the v2 limit are the verifiers'; minting follows them.
 pub use super::{clerk::MAX_V2_PERMISSION_NAMES, token::now_secs};
 
+/// Development mode (`PUSHWORKER_DEV`, `DEV_DIR`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Development")]
+pub struct DevArgs {
+    /// Development mode: trust a local signing key (created on first use in
+    /// `DEV_DIR`) as both a Google-like and a Clerk-like issuer. Refused on
+    /// Cloud Run.
+    #[arg(long = "dev", env = "PUSHWORKER_DEV", default_value_t = false)]
+    pub enabled: bool,
+
+    /// Folder of the development signing key (git-ignored).
+    #[arg(long = "dev-dir", env = "DEV_DIR", default_value = ".pushworker-dev")]
+    pub dir: PathBuf,
+}
+
 /// An RSA signing key with its key id, able to mint RS256 tokens and publish
 /// its public half as a JWK. Used by the development identity, and by tests
 /// and the benchmark to stand up their own issuers.

@@ -32,6 +32,7 @@ pub mod clerk;
 pub mod dev;
 pub mod google;
 pub mod keys;
+pub mod settings;
 pub mod token;
 pub mod token_cache;
 

@@ -25,8 +25,8 @@ pub(super) fn google_config(
     args: &ServeArgs,
     dev: Option<&DevIdentity>,
 ) -> anyhow::Result<Option<GoogleConfig>> {
-    let mut audiences = clean_list(&args.google_audiences);
-    let mut service_accounts = clean_list(&args.google_service_accounts);
+    let mut audiences = clean_list(&args.auth.google_audiences);
+    let mut service_accounts = clean_list(&args.auth.google_service_accounts);
     if dev.is_some() {
         if audiences.is_empty() {
             audiences.push(DevIdentity::GOOGLE_AUDIENCE.to_owned());
@@ -36,6 +36,7 @@ pub(super) fn google_config(
         }
     }
     let google_jwks = args
+        .auth
         .google_jwks_url
         .clone()
         .or_else(|| dev_jwks(dev))
@@ -70,7 +71,7 @@ pub(super) fn clerk_config(
     args: &ServeArgs,
     dev: Option<&DevIdentity>,
 ) -> anyhow::Result<Option<ClerkConfig>> {
-    let issuer = match (&args.clerk_issuer, &args.clerk_publishable_key) {
+    let issuer = match (&args.auth.clerk_issuer, &args.auth.clerk_publishable_key) {
         (Some(iss), _) if !iss.trim().is_empty() => Some(iss.trim().to_owned()),
         (_, Some(pk)) if !pk.trim().is_empty() => Some(issuer_from_publishable_key(pk.trim())?),
         _ => dev.map(|_| DevIdentity::CLERK_ISSUER.to_owned()),
@@ -89,7 +90,7 @@ pub(super) fn clerk_config(
             "CLERK_ISSUER: `{issuer}` must not end with `/` (it must equal the tokens' iss exactly)"
         );
     }
-    let mut parties = clean_list(&args.clerk_authorized_parties);
+    let mut parties = clean_list(&args.auth.clerk_authorized_parties);
     if dev.is_some() && parties.is_empty() {
         parties = DevIdentity::authorized_parties(args.port);
     }
@@ -99,6 +100,7 @@ pub(super) fn clerk_config(
         );
     }
     let keys = if let Some(pem) = args
+        .auth
         .clerk_jwt_key
         .as_deref()
         .filter(|p| !p.trim().is_empty())
@@ -110,10 +112,11 @@ pub(super) fn clerk_config(
         KeySource::Pem(pem)
     } else {
         let url = args
+            .auth
             .clerk_jwks_url
             .clone()
             .or_else(|| {
-                if args.clerk_issuer.is_none() && args.clerk_publishable_key.is_none() {
+                if args.auth.clerk_issuer.is_none() && args.auth.clerk_publishable_key.is_none() {
                     dev_jwks(dev)
                 } else {
                     None
@@ -123,6 +126,7 @@ pub(super) fn clerk_config(
         key_source("CLERK_JWKS_URL", &url)?
     };
     let publishable_key = args
+        .auth
         .clerk_publishable_key
         .as_deref()
         .map(str::trim)
@@ -140,19 +144,19 @@ pub(super) fn clerk_config(
 /// Who may trigger jobs by hand.
 pub(super) fn trigger_policy(args: &ServeArgs) -> TriggerPolicy {
     TriggerPolicy {
-        permission: args.trigger_permission.trim().to_owned(),
-        roles: clean_list(&args.trigger_roles),
+        permission: args.auth.trigger_permission.trim().to_owned(),
+        roles: clean_list(&args.auth.trigger_roles),
     }
 }
 
 /// The key cache's settings (shared by both issuers).
 pub(super) fn key_cache(args: &ServeArgs) -> KeyCacheConfig {
     KeyCacheConfig {
-        min_ttl: Duration::from_secs(args.jwks_min_ttl_secs),
-        max_ttl: Duration::from_secs(args.jwks_max_ttl_secs),
-        refresh_cooldown: Duration::from_millis(args.jwks_refresh_cooldown_ms),
-        max_stale: Duration::from_secs(args.jwks_max_stale_secs),
-        fetch_timeout: Duration::from_millis(args.jwks_fetch_timeout_ms),
+        min_ttl: Duration::from_secs(args.auth.jwks_min_ttl_secs),
+        max_ttl: Duration::from_secs(args.auth.jwks_max_ttl_secs),
+        refresh_cooldown: Duration::from_millis(args.auth.jwks_refresh_cooldown_ms),
+        max_stale: Duration::from_secs(args.auth.jwks_max_stale_secs),
+        fetch_timeout: Duration::from_millis(args.auth.jwks_fetch_timeout_ms),
     }
 }
 

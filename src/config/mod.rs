@@ -14,13 +14,13 @@
 mod auth;
 mod runs;
 
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
-pub use self::runs::{RunsConfig, Secret};
 use crate::auth::dev::DevIdentity;
+pub use crate::runs::settings::{RunsConfig, Secret};
 // The settings types of the modules the configuration is made of.
 pub use crate::auth::{
     TriggerPolicy, clerk::ClerkConfig, google::GoogleConfig, keys::KeyCacheConfig, keys::KeySource,
@@ -38,108 +38,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
-    /// Accepted `aud` values for Google tokens (comma list): the push
-    /// subscription's / Scheduler job's configured audience.
-    #[arg(long, env = "GOOGLE_AUDIENCES", value_delimiter = ',')]
-    pub google_audiences: Vec<String>,
-
-    /// Service-account emails allowed in with a Google token (comma list, exact
-    /// match).
-    #[arg(long, env = "GOOGLE_SERVICE_ACCOUNTS", value_delimiter = ',')]
-    pub google_service_accounts: Vec<String>,
-
-    /// Where Google's signing keys are fetched: an https URL or `file://PATH`.
-    #[arg(long, env = "GOOGLE_JWKS_URL")]
-    pub google_jwks_url: Option<String>,
-
-    /// The Clerk instance's Frontend API URL, e.g. `https://clerk.example.com`.
-    #[arg(long, env = "CLERK_ISSUER")]
-    pub clerk_issuer: Option<String>,
-
-    /// Clerk publishable key (`pk_test_…`/`pk_live_…`); the issuer is derived
-    /// from it when `CLERK_ISSUER` is unset.
-    #[arg(long, env = "CLERK_PUBLISHABLE_KEY")]
-    pub clerk_publishable_key: Option<String>,
-
-    /// Where Clerk's signing keys are fetched (default
-    /// `$CLERK_ISSUER/.well-known/jwks.json`); also `file://PATH`.
-    #[arg(long, env = "CLERK_JWKS_URL")]
-    pub clerk_jwks_url: Option<String>,
-
-    /// PEM public key of the Clerk instance: verify Clerk tokens with no
-    /// network at all (takes precedence over `CLERK_JWKS_URL`).
-    #[arg(long, env = "CLERK_JWT_KEY", hide_env_values = true)]
-    pub clerk_jwt_key: Option<String>,
-
-    /// Allowed `azp` origins of Clerk tokens (comma list).
-    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
-    pub clerk_authorized_parties: Vec<String>,
-
-    /// Clock skew allowed on exp/nbf/iat, in seconds (at most 60).
-    #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5)]
-    pub auth_leeway_secs: u64,
-
-    /// Most verified tokens remembered, so that a token sent again (as
-    /// Pub/Sub does on every push) skips the signature check until it
-    /// expires or its key leaves the key set. 0 turns the cache off.
-    #[arg(long, env = "TOKEN_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
-    pub token_cache_max_entries: usize,
-
-    /// Clerk permission that allows triggering jobs (and posting envelopes).
-    #[arg(long, env = "TRIGGER_PERMISSION", default_value = "org:jobs:trigger")]
-    pub trigger_permission: String,
-
-    /// Clerk organization roles that may trigger jobs even without the
-    /// permission (comma list, e.g. `org:admin`; empty by default).
-    #[arg(long, env = "TRIGGER_ROLES", value_delimiter = ',')]
-    pub trigger_roles: Vec<String>,
-
-    /// Message attribute that names the job on `POST /pubsub/push`.
-    #[arg(long, env = "JOB_ATTRIBUTE", default_value = "job")]
-    pub job_attribute: String,
-
     /// Longest a job may run, in seconds, before it is cancelled and the
     /// request answered 504 (a nack on the push path). Keep it below the
     /// subscription's ack deadline.
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 60)]
     pub job_timeout_secs: u64,
 
-    /// Shortest time signing keys are cached, whatever `Cache-Control` says.
-    #[arg(long, env = "JWKS_MIN_TTL_SECS", default_value_t = 60)]
-    pub jwks_min_ttl_secs: u64,
-
-    /// Longest time signing keys are cached, whatever `Cache-Control` says.
-    #[arg(long, env = "JWKS_MAX_TTL_SECS", default_value_t = 86_400)]
-    pub jwks_max_ttl_secs: u64,
-
-    /// Least time between two key fetches that are not due to expiry (unknown
-    /// `kid`, retry after a failure), in milliseconds.
-    #[arg(long, env = "JWKS_REFRESH_COOLDOWN_MS", default_value_t = 10_000)]
-    pub jwks_refresh_cooldown_ms: u64,
-
-    /// How long the last good keys keep serving after their TTL when
-    /// refreshes fail, in seconds.
-    #[arg(long, env = "JWKS_MAX_STALE_SECS", default_value_t = 21_600)]
-    pub jwks_max_stale_secs: u64,
-
-    /// Timeout of one key fetch (connect and body), in milliseconds.
-    #[arg(long, env = "JWKS_FETCH_TIMEOUT_MS", default_value_t = 3_000)]
-    pub jwks_fetch_timeout_ms: u64,
-
     /// The `webhook` job's settings (`WEBHOOK_*`).
     #[command(flatten)]
     pub webhook: crate::jobs::webhook::WebhookArgs,
-
-    /// Topic that poison messages are published to (`projects/P/topics/T`)
-    /// before their push is acked. Unset: permanent failures are nacked and
-    /// left to the subscription's dead-letter policy.
-    #[arg(long, env = "DEAD_LETTER_TOPIC")]
-    pub dead_letter_topic: Option<String>,
-
-    /// `host:port` of the Pub/Sub emulator; when set, every Pub/Sub client
-    /// (dead-letter publisher, replay bridge) talks to it without credentials.
-    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
-    pub pubsub_emulator_host: Option<String>,
 
     /// Origins (`https://admin.example.com`) whose pages may call this API
     /// from the browser (comma list). Empty: no CORS headers at all, which is
@@ -147,89 +54,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
 
-    /// PostgreSQL URL of the run ledger (`postgres://USER:PASSWORD@HOST/DB`;
-    /// Cloud SQL, AlloyDB or any PostgreSQL), shared by every instance. Unset:
-    /// runs are kept in memory, per instance. Secret: never printed.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<Secret>,
-
-    /// Connections each instance opens to PostgreSQL. Keep instances × pool
-    /// within the server's `max_connections` minus its reserve (Cloud SQL:
-    /// by tier; Cloud Run: `--max-instances`).
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
-    pub database_pool_size: u32,
-
-    /// Longest one ledger statement may run on PostgreSQL, in seconds
-    /// (`statement_timeout`, per connection); past it the request is a 503.
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", default_value_t = 5)]
-    pub database_statement_timeout_secs: u64,
-
-    /// Most claims (or finishes) written together in one statement and one
-    /// commit.
-    #[arg(long, env = "DATABASE_BATCH_MAX_ROWS", default_value_t = 32)]
-    pub database_batch_max_rows: usize,
-
-    /// Longest a claim (or finish) waits for others to share its statement,
-    /// in milliseconds; only while another batch is being written (an idle
-    /// instance writes at once). 0: never wait.
-    #[arg(long, env = "DATABASE_BATCH_MAX_WAIT_MS", default_value_t = 1)]
-    pub database_batch_max_wait_ms: u64,
-
-    /// How long a run holds its message (or `Idempotency-Key`) without
-    /// finishing before a redelivery may take over, in seconds: how long a
-    /// crashed instance blocks a message. Must exceed `JOB_TIMEOUT_SECS`
-    /// (default: the job timeout + 30).
-    #[arg(long, env = "RUN_LEASE_SECS")]
-    pub run_lease_secs: Option<u64>,
-
-    /// Most run records the in-memory ledger keeps (the oldest go first).
-    #[arg(long, env = "RUNS_MAX_RECORDS", default_value_t = 10_000)]
-    pub runs_max_records: usize,
-
-    /// How long run records are kept, in hours (both ledgers).
-    #[arg(long, env = "RUNS_RETENTION_HOURS", default_value_t = 168)]
-    pub runs_retention_hours: u64,
-
-    /// Clerk permission that allows reading the run ledger (`GET /runs`);
-    /// users who may trigger jobs may read it too.
-    #[arg(long, env = "RUNS_VIEW_PERMISSION", default_value = "org:jobs:read")]
-    pub runs_view_permission: String,
-
-    /// Largest payload kept in a run record, in bytes; larger ones are
-    /// recorded by digest only.
-    #[arg(long, env = "RUN_PAYLOAD_CAP_BYTES", default_value_t = 65_536)]
-    pub run_payload_cap_bytes: usize,
-
-    /// Largest job output kept in a run record, in bytes.
-    #[arg(long, env = "RUN_OUTPUT_CAP_BYTES", default_value_t = 65_536)]
-    pub run_output_cap_bytes: usize,
-
     /// On SIGTERM, how long in-flight jobs may go on before they are
     /// cancelled and their requests answered 503 (a nack), in seconds. Cloud
     /// Run sends SIGKILL 10 s after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 8)]
     pub shutdown_grace_secs: u64,
-
-    /// Project id for Cloud Logging's trace field
-    /// (`projects/P/traces/T`); Cloud Run's own variable for it is not set,
-    /// so give it here (the Terraform does).
-    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
-    pub google_cloud_project: Option<String>,
-
-    /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
-    /// Run (`K_SERVICE` set), text elsewhere.
-    #[arg(long, env = "LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-
-    /// Development mode: trust a local signing key (created on first use in
-    /// `DEV_DIR`) as both a Google-like and a Clerk-like issuer. Refused on
-    /// Cloud Run.
-    #[arg(long, env = "PUSHWORKER_DEV", default_value_t = false)]
-    pub dev: bool,
-
-    /// Folder of the development signing key (git-ignored).
-    #[arg(long, env = "DEV_DIR", default_value = ".pushworker-dev")]
-    pub dev_dir: PathBuf,
 
     /// Set by Cloud Run; dev mode refuses to start when it is present.
     #[arg(long, env = "K_SERVICE", hide = true)]
@@ -238,6 +67,26 @@ pub struct ServeArgs {
     /// The HTTP server's timeouts and connection bound.
     #[command(flatten)]
     pub http: crate::server::HttpServerArgs,
+
+    /// The issuers, the trigger policy and the key cache.
+    #[command(flatten)]
+    pub auth: crate::auth::settings::AuthArgs,
+
+    /// The run ledger.
+    #[command(flatten)]
+    pub runs: crate::runs::settings::RunsArgs,
+
+    /// Pub/Sub.
+    #[command(flatten)]
+    pub pubsub: crate::pubsub::PubsubArgs,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: crate::telemetry::LogArgs,
+
+    /// Development mode.
+    #[command(flatten)]
+    pub dev: crate::auth::dev::DevArgs,
 }
 
 pub use crate::telemetry::LogFormat;
@@ -334,12 +183,12 @@ impl Config {
         let clerk = auth::clerk_config(args, dev.as_deref())?;
         let dead_letter_topic = dead_letter_topic(args)?;
         let port = args.port;
-        let host = args.host.unwrap_or(if args.dev {
+        let host = args.host.unwrap_or(if args.dev.enabled {
             IpAddr::from([127, 0, 0, 1])
         } else {
             IpAddr::from([0, 0, 0, 0])
         });
-        let log_format = args.log_format.unwrap_or(if args.k_service.is_some() {
+        let log_format = args.log.log_format.unwrap_or(if args.k_service.is_some() {
             LogFormat::Json
         } else {
             LogFormat::Text
@@ -350,30 +199,31 @@ impl Config {
             port,
             google,
             clerk,
-            leeway: Duration::from_secs(args.auth_leeway_secs),
-            token_cache_max_entries: args.token_cache_max_entries,
+            leeway: Duration::from_secs(args.auth.auth_leeway_secs),
+            token_cache_max_entries: args.auth.token_cache_max_entries,
             trigger: auth::trigger_policy(args),
-            job_attribute: args.job_attribute.trim().to_owned(),
+            job_attribute: args.pubsub.job_attribute.trim().to_owned(),
             job_timeout: Duration::from_secs(args.job_timeout_secs),
             key_cache: auth::key_cache(args),
             webhook: crate::jobs::webhook::WebhookConfig::from_args(
                 &args.webhook,
-                args.dev.then_some(port),
+                args.dev.enabled.then_some(port),
             )?,
             dead_letter_topic,
-            pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub_emulator_host.clone()),
+            pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub.pubsub_emulator_host.clone()),
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             runs,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             http: crate::server::HttpServerConfig::from_args(&args.http)?,
             project_id: args
+                .log
                 .google_cloud_project
                 .as_deref()
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned),
             log_format,
-            dev_mode: args.dev,
+            dev_mode: args.dev.enabled,
             dev_identity: dev,
         })
     }
@@ -381,21 +231,21 @@ impl Config {
 
 /// The single-field rules: ranges, and values that must not be empty.
 fn check_ranges(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.dev && args.k_service.is_some() {
+    if args.dev.enabled && args.k_service.is_some() {
         bail!(
             "PUSHWORKER_DEV: development mode trusts a local key and must not run on Cloud Run (K_SERVICE is set); unset PUSHWORKER_DEV / --dev"
         );
     }
-    if args.auth_leeway_secs > 60 {
+    if args.auth.auth_leeway_secs > 60 {
         bail!(
             "AUTH_LEEWAY_SECS: {} is too large; clock skew allowance must be at most 60 seconds",
-            args.auth_leeway_secs
+            args.auth.auth_leeway_secs
         );
     }
-    if args.token_cache_max_entries > 1_000_000 {
+    if args.auth.token_cache_max_entries > 1_000_000 {
         bail!(
             "TOKEN_CACHE_MAX_ENTRIES: {} is too large; use 0 (off) to 1000000",
-            args.token_cache_max_entries
+            args.auth.token_cache_max_entries
         );
     }
     if args.job_timeout_secs == 0 || args.job_timeout_secs > 3600 {
@@ -404,17 +254,17 @@ fn check_ranges(args: &ServeArgs) -> anyhow::Result<()> {
             args.job_timeout_secs
         );
     }
-    if args.jwks_min_ttl_secs > args.jwks_max_ttl_secs {
+    if args.auth.jwks_min_ttl_secs > args.auth.jwks_max_ttl_secs {
         bail!(
             "JWKS_MIN_TTL_SECS: {} is above JWKS_MAX_TTL_SECS ({}); the floor must not exceed the ceiling",
-            args.jwks_min_ttl_secs,
-            args.jwks_max_ttl_secs
+            args.auth.jwks_min_ttl_secs,
+            args.auth.jwks_max_ttl_secs
         );
     }
-    if args.jwks_fetch_timeout_ms == 0 || args.jwks_fetch_timeout_ms > 60_000 {
+    if args.auth.jwks_fetch_timeout_ms == 0 || args.auth.jwks_fetch_timeout_ms > 60_000 {
         bail!(
             "JWKS_FETCH_TIMEOUT_MS: {} is out of range; use 1 to 60000",
-            args.jwks_fetch_timeout_ms
+            args.auth.jwks_fetch_timeout_ms
         );
     }
     if args.shutdown_grace_secs > 3600 {
@@ -423,10 +273,10 @@ fn check_ranges(args: &ServeArgs) -> anyhow::Result<()> {
             args.shutdown_grace_secs
         );
     }
-    if args.trigger_permission.trim().is_empty() {
+    if args.auth.trigger_permission.trim().is_empty() {
         bail!("TRIGGER_PERMISSION: must not be empty (e.g. org:jobs:trigger)");
     }
-    if args.job_attribute.trim().is_empty() {
+    if args.pubsub.job_attribute.trim().is_empty() {
         bail!("JOB_ATTRIBUTE: must not be empty (e.g. job)");
     }
     Ok(())
@@ -434,13 +284,13 @@ fn check_ranges(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// The development identity, created or loaded in dev mode.
 fn dev_identity(args: &ServeArgs) -> anyhow::Result<Option<Arc<DevIdentity>>> {
-    if !args.dev {
+    if !args.dev.enabled {
         return Ok(None);
     }
-    let dev = DevIdentity::load_or_create(&args.dev_dir).with_context(|| {
+    let dev = DevIdentity::load_or_create(&args.dev.dir).with_context(|| {
         format!(
             "DEV_DIR: cannot create or read the development key in `{}`",
-            args.dev_dir.display()
+            args.dev.dir.display()
         )
     })?;
     Ok(Some(Arc::new(dev)))
@@ -449,7 +299,7 @@ fn dev_identity(args: &ServeArgs) -> anyhow::Result<Option<Arc<DevIdentity>>> {
 /// The dead-letter topic, if set: a full topic name.
 fn dead_letter_topic(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     args
-        .dead_letter_topic
+        .pubsub.dead_letter_topic
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())

@@ -5,89 +5,12 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::ServeArgs;
-
-/// A secret setting (`DATABASE_URL`): `Debug` shows `<set>`, never the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<set>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-/// The run ledger's settings.
-#[derive(Debug, Clone)]
-pub struct RunsConfig {
-    /// PostgreSQL URL; `None` keeps runs in memory.
-    pub database_url: Option<Secret>,
-    /// How long a run holds its key without finishing.
-    pub lease: Duration,
-    /// The in-memory ledger's bound on records.
-    pub max_records: usize,
-    /// How long records are kept.
-    pub retention: Duration,
-    /// The PostgreSQL ledger's pool and batching.
-    pub postgres: crate::runs::postgres::PgSettings,
-    /// The Clerk permission that allows reading runs.
-    pub view_permission: String,
-    /// Largest payload kept in a record.
-    pub payload_cap: usize,
-    /// Largest output kept in a record.
-    pub output_cap: usize,
-}
-
-impl RunsConfig {
-    /// The defaults, for a job timeout of `job_timeout`: in memory, a lease
-    /// half a minute past the timeout, and the defaults the flags document.
-    pub fn defaults(job_timeout: Duration) -> Self {
-        Self {
-            database_url: None,
-            lease: job_timeout + Duration::from_secs(30),
-            max_records: 10_000,
-            retention: Duration::from_secs(168 * 3600),
-            postgres: crate::runs::postgres::PgSettings::default(),
-            view_permission: "org:jobs:read".to_owned(),
-            payload_cap: 64 * 1024,
-            output_cap: 64 * 1024,
-        }
-    }
-
-    /// What the stores need.
-    pub fn store_settings(&self) -> crate::runs::StoreSettings {
-        crate::runs::StoreSettings {
-            lease: self.lease,
-            retention: self.retention,
-            max_records: self.max_records,
-            postgres: self.postgres,
-        }
-    }
-}
+use crate::runs::settings::{RunsConfig, Secret};
 
 /// Validates the run ledger's settings.
 pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
     let database_url = args
-        .database_url
+        .runs.database_url
         .as_ref()
         .filter(|u| !u.expose().trim().is_empty())
         .map(|u| {
@@ -103,6 +26,7 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
         })
         .transpose()?;
     let lease_secs = args
+        .runs
         .run_lease_secs
         .unwrap_or(args.job_timeout_secs.saturating_add(30));
     if lease_secs <= args.job_timeout_secs || lease_secs > 86_400 {
@@ -111,24 +35,24 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
             args.job_timeout_secs
         );
     }
-    if args.runs_max_records == 0 || args.runs_max_records > 10_000_000 {
+    if args.runs.runs_max_records == 0 || args.runs.runs_max_records > 10_000_000 {
         bail!(
             "RUNS_MAX_RECORDS: {} is out of range; use 1 to 10000000",
-            args.runs_max_records
+            args.runs.runs_max_records
         );
     }
-    if args.runs_retention_hours == 0 || args.runs_retention_hours > 24 * 366 {
+    if args.runs.runs_retention_hours == 0 || args.runs.runs_retention_hours > 24 * 366 {
         bail!(
             "RUNS_RETENTION_HOURS: {} is out of range; use 1 to 8784",
-            args.runs_retention_hours
+            args.runs.runs_retention_hours
         );
     }
-    if args.runs_view_permission.trim().is_empty() {
+    if args.runs.runs_view_permission.trim().is_empty() {
         bail!("RUNS_VIEW_PERMISSION: must not be empty (e.g. org:jobs:read)");
     }
     for (var, value) in [
-        ("RUN_PAYLOAD_CAP_BYTES", args.run_payload_cap_bytes),
-        ("RUN_OUTPUT_CAP_BYTES", args.run_output_cap_bytes),
+        ("RUN_PAYLOAD_CAP_BYTES", args.runs.run_payload_cap_bytes),
+        ("RUN_OUTPUT_CAP_BYTES", args.runs.run_output_cap_bytes),
     ] {
         if value > crate::pubsub::MAX_MESSAGE_BYTES {
             bail!(
@@ -137,43 +61,45 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
             );
         }
     }
-    if args.database_pool_size < 2 || args.database_pool_size > 1000 {
+    if args.runs.database_pool_size < 2 || args.runs.database_pool_size > 1000 {
         bail!(
             "DATABASE_POOL_SIZE: {} is out of range; use 2 to 1000 (and keep instances × pool within PostgreSQL's max_connections)",
-            args.database_pool_size
+            args.runs.database_pool_size
         );
     }
-    if args.database_statement_timeout_secs == 0 || args.database_statement_timeout_secs > 600 {
+    if args.runs.database_statement_timeout_secs == 0
+        || args.runs.database_statement_timeout_secs > 600
+    {
         bail!(
             "DATABASE_STATEMENT_TIMEOUT_SECS: {} is out of range; use 1 to 600",
-            args.database_statement_timeout_secs
+            args.runs.database_statement_timeout_secs
         );
     }
-    if args.database_batch_max_rows == 0 || args.database_batch_max_rows > 1000 {
+    if args.runs.database_batch_max_rows == 0 || args.runs.database_batch_max_rows > 1000 {
         bail!(
             "DATABASE_BATCH_MAX_ROWS: {} is out of range; use 1 (no batching) to 1000",
-            args.database_batch_max_rows
+            args.runs.database_batch_max_rows
         );
     }
-    if args.database_batch_max_wait_ms > 1000 {
+    if args.runs.database_batch_max_wait_ms > 1000 {
         bail!(
             "DATABASE_BATCH_MAX_WAIT_MS: {} is out of range; use 0 to 1000",
-            args.database_batch_max_wait_ms
+            args.runs.database_batch_max_wait_ms
         );
     }
     Ok(RunsConfig {
         database_url,
         postgres: crate::runs::postgres::PgSettings {
-            pool_size: args.database_pool_size,
-            statement_timeout: Duration::from_secs(args.database_statement_timeout_secs),
-            batch_max_rows: args.database_batch_max_rows,
-            batch_max_wait: Duration::from_millis(args.database_batch_max_wait_ms),
+            pool_size: args.runs.database_pool_size,
+            statement_timeout: Duration::from_secs(args.runs.database_statement_timeout_secs),
+            batch_max_rows: args.runs.database_batch_max_rows,
+            batch_max_wait: Duration::from_millis(args.runs.database_batch_max_wait_ms),
         },
         lease: Duration::from_secs(lease_secs),
-        max_records: args.runs_max_records,
-        retention: Duration::from_secs(args.runs_retention_hours * 3600),
-        view_permission: args.runs_view_permission.trim().to_owned(),
-        payload_cap: args.run_payload_cap_bytes,
-        output_cap: args.run_output_cap_bytes,
+        max_records: args.runs.runs_max_records,
+        retention: Duration::from_secs(args.runs.runs_retention_hours * 3600),
+        view_permission: args.runs.runs_view_permission.trim().to_owned(),
+        payload_cap: args.runs.run_payload_cap_bytes,
+        output_cap: args.runs.run_output_cap_bytes,
     })
 }

@@ -21,6 +21,26 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+/// Pub/Sub: the job attribute, the dead-letter topic and the emulator.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Pub/Sub")]
+pub struct PubsubArgs {
+    /// Message attribute that names the job on `POST /pubsub/push`.
+    #[arg(long, env = "JOB_ATTRIBUTE", default_value = "job")]
+    pub job_attribute: String,
+
+    /// Topic that poison messages are published to (`projects/P/topics/T`)
+    /// before their push is acked. Unset: permanent failures are nacked and
+    /// left to the subscription's dead-letter policy.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// `host:port` of the Pub/Sub emulator; when set, every Pub/Sub client
+    /// (dead-letter publisher, replay bridge) talks to it without credentials.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pub pubsub_emulator_host: Option<String>,
+}
+
 /// Largest message data accepted: Pub/Sub's own limit on a message.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 

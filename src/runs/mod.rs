@@ -36,6 +36,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod settings;
 
 use std::{fmt, time::Duration};
 

@@ -28,6 +28,22 @@ use tracing_subscriber::{
     prelude::*,
 };
 
+/// Logging (`LOG_FORMAT`, and the project for trace fields).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Project id for Cloud Logging's trace field
+    /// (`projects/P/traces/T`); Cloud Run's own variable for it is not set,
+    /// so give it here (the Terraform does).
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub google_cloud_project: Option<String>,
+
+    /// Log format: `text` or `json` (Cloud Logging). Default: json on Cloud
+    /// Run (`K_SERVICE` set), text elsewhere.
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
