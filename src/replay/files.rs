@@ -184,12 +184,7 @@ pub async fn replay_files(args: &ReplayArgs) -> anyhow::Result<Summary> {
             result
         });
     }
-    let mut summary = Summary::default();
-    while let Some(joined) = tasks.join_next().await {
-        summary
-            .deliveries
-            .push(joined.context("delivery task failed")??);
-    }
+    let mut summary = Summary::gather(tasks).await?;
     progress.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)

@@ -132,6 +132,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The deliveries of `tasks`, once every one has ended.
+    async fn gather(
+        mut tasks: tokio::task::JoinSet<anyhow::Result<Delivery>>,
+    ) -> anyhow::Result<Self> {
+        let mut summary = Self::default();
+        while let Some(joined) = tasks.join_next().await {
+            summary
+                .deliveries
+                .push(joined.context("delivery task failed")??);
+        }
+        Ok(summary)
+    }
+
     /// Deliveries acked.
     pub fn acked(&self) -> usize {
         self.deliveries.iter().filter(|d| d.acked()).count()

@@ -73,12 +73,7 @@ pub async fn replay_subscription(args: &ReplayArgs, subscription: &str) -> anyho
             result
         });
     }
-    let mut summary = Summary::default();
-    while let Some(joined) = tasks.join_next().await {
-        summary
-            .deliveries
-            .push(joined.context("delivery task failed")??);
-    }
+    let mut summary = Summary::gather(tasks).await?;
     // Let pending acks and nacks reach the server before returning.
     shutdown.shutdown().await;
     summary.elapsed = started.elapsed();
