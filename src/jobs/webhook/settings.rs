@@ -71,11 +71,11 @@ impl WebhookConfig {
 
     /// From the command line. With `dev_port` (dev mode) and no hosts given,
     /// the local server itself is allowed, so the webhook fixture has a
-    /// target.
+    /// target; on port 0 its port is known only once bound, so nothing is.
     pub fn from_args(args: &WebhookArgs, dev_port: Option<u16>) -> anyhow::Result<Self> {
         let given = args.allowed_hosts.iter().any(|h| !h.trim().is_empty());
         match dev_port {
-            Some(port) if !given => Self::new(
+            Some(port) if !given && port != 0 => Self::new(
                 [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
                 args.max_response_bytes,
             ),
@@ -133,5 +133,7 @@ mod tests {
         assert_eq!(shown(given), ["hooks.example.com"]);
         let prod = WebhookConfig::from_args(&args(&[" "]), None).unwrap();
         assert!(shown(prod).is_empty());
+        let any_port = WebhookConfig::from_args(&args(&[]), Some(0)).unwrap();
+        assert!(shown(any_port).is_empty(), "port 0: not yet known");
     }
 }
