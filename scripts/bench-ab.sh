@@ -3,8 +3,10 @@
 # noisy machine hits both alike. Each run: `serve --dev` on a free port, 3 s
 # of warm-up, then wrk (2 threads, 32 connections, DUR seconds) posting
 # wrapped pushes of the echo job, each with its own message id, with one dev
-# Google token. Prints per run: req/s, p99, the worker's CPU per request
-# (utime+stime from /proc/PID/stat over the requests served) and its peak RSS.
+# Google token; with LOAD=manual instead, a Clerk user's `POST /jobs/echo`
+# with one dev Clerk token (make bench's scenario 3). Prints per run: req/s,
+# p99, the worker's CPU per request (utime+stime from /proc/PID/stat over the
+# requests served), its RSS when ready and idle, and its peak RSS.
 # The worker's stdout goes to /dev/null, or with STDOUT=pipe to a pipe that
 # `cat` drains, as a platform's log collector reads it.
 #
@@ -13,7 +15,7 @@
 # e.g. build the old revision in a worktree, then
 #   scripts/bench-ab.sh /tmp/old/target/release/pushworker target/release/pushworker 5 RUST_LOG=warn
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,17p "$0"; exit 2; }
 old=$1 new=$2 pairs=${3:-3}; shift $(( $# >= 3 ? 3 : 2 ))
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 DUR=${DUR:-5}
@@ -31,6 +33,9 @@ function init(args)
 end
 function request()
   counter = counter + 1
+  if os.getenv("LOAD") == "manual" then
+    return wrk.format("POST", "/jobs/echo", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, '{"message":"hello from the bench"}')
+  end
   local body = (string.gsub(template, "@ID@", run .. "-" .. tid .. "-" .. counter))
   return wrk.format("POST", "/pubsub/push", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
 end
@@ -43,17 +48,20 @@ one() {
   exec 3>&-
   local pid=$!
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
-  TOKEN=$("$bin" dev-token --dev-dir "$work/dev" google 2>/dev/null); export TOKEN
+  local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  local kind=(google); [ "${LOAD:-push}" = manual ] && kind=(clerk --azp "http://localhost:$port")
+  TOKEN=$("$bin" dev-token --dev-dir "$work/dev" "${kind[@]}" 2>/dev/null); export TOKEN
   RUN="w$RANDOM$RANDOM" wrk -t2 -c32 -d3s -s "$work/push.lua" "http://127.0.0.1:$port" >/dev/null
   local c0 c1 out
   c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
   out=$(RUN="m$RANDOM$RANDOM" wrk -t2 -c32 -d"${DUR}s" --latency -s "$work/push.lua" "http://127.0.0.1:$port")
   c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   local req; req=$(echo "$out" | awk '/requests in/ {print $1}')
-  printf 'rps=%s p99=%s cpu_us_per_req=%s peak_rss_kb=%s\n' \
+  printf 'rps=%s non2xx=%s p99=%s cpu_us_per_req=%s idle_rss_kb=%s peak_rss_kb=%s\n' \
     "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+    "$(echo "$out" | awk '/Non-2xx/ {print $NF}' | grep . || echo 0)" \
     "$(echo "$out" | awk '$1 == "99%" {print $2}')" \
-    "$(( (c1 - c0) * 10000 / req ))" \
+    "$(( (c1 - c0) * 10000 / req ))" "$idle" \
     "$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -44,6 +44,9 @@ pub struct LogArgs {
     pub log_format: Option<LogFormat>,
 }
 
+/// Lines queued for the writer thread before a request waits for it.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -73,6 +76,10 @@ pub fn init(guard: &LogGuard, format: LogFormat, project_id: Option<String>) {
     let (targets, env_filter) = filter(&spec);
     let (writer, worker) = NonBlockingBuilder::default()
         .lossy(false)
+        // The queue is allocated whole at start, and at its default size it
+        // would be most of an idle worker's memory. Full, it makes requests
+        // wait for stdout, never drops a line.
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(
             64 * 1024,
