@@ -491,6 +491,8 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
+        events: pushworker::events::EventRoutes::parse(&options.event_routes)
+            .expect("valid EVENT_ROUTES"),
         runs: RunsConfig {
             database_url: options.database_url.clone().map(Secret::new),
             lease: options.lease,
