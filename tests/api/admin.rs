@@ -478,7 +478,6 @@ async fn dev_sign_in_refuses_peers_off_loopback() {
 async fn cors_allows_only_the_configured_origins() {
     let allowed = "https://admin.acme.test";
     let app = spawn_app_with(Options {
-        events: pushworker::events::EventRoutes::default(),
         cors_allowed_origins: vec![allowed.to_owned()],
         ..Options::default()
     })
