@@ -88,7 +88,7 @@ impl EventRoutes {
                 return Err(err("names no job"));
             }
             let (event_type, prefix) = match left.split_once(':') {
-                Some((t, p)) if p.is_empty() => {
+                Some((t, "")) => {
                     return Err(err(&format!("has an empty subject prefix after `{t}:`")));
                 }
                 Some((t, p)) => (t.trim(), Some(p.to_owned())),
