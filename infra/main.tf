@@ -4,7 +4,9 @@
 # Cloud Scheduler need no run.invoker: what matters is that the audience and
 # the service accounts they put in their OIDC tokens are exactly the ones the
 # worker is told to accept (GOOGLE_AUDIENCES, GOOGLE_SERVICE_ACCOUNTS).
-# tests/terraform.rs checks that consistency.
+# tests/terraform.rs checks that consistency. An optional Eventarc trigger
+# (eventarc_enabled, off by default) sends a bucket's object finalize events
+# to /events as CloudEvents, with a token of its own service account.
 
 locals {
   # The one audience of every Google token the worker accepts. It feeds both
@@ -16,6 +18,12 @@ locals {
   ack_margin_secs = 5
 
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # Eventarc's tokens carry the service's URL as their audience; this is its
+  # deterministic form (the service cannot read its own uri attribute).
+  service_url = "https://${var.service_name}-${data.google_project.this.number}.${var.region}.run.app"
+
+  eventarc_count = var.eventarc_enabled ? 1 : 0
 }
 
 data "google_project" "this" {
@@ -26,6 +34,7 @@ resource "google_project_service" "apis" {
   for_each = toset(concat(
     ["run.googleapis.com", "pubsub.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com"],
     var.database_url_secret == null ? [] : ["secretmanager.googleapis.com"],
+    var.eventarc_enabled ? ["eventarc.googleapis.com"] : [],
   ))
 
   project            = var.project_id
@@ -51,6 +60,15 @@ resource "google_service_account" "scheduler" {
   project      = var.project_id
   account_id   = "${var.service_name}-sched"
   display_name = "${var.service_name} Cloud Scheduler identity"
+}
+
+# The Eventarc trigger's identity: its tokens name it, and it holds only
+# run.invoker on the service. Made even with the trigger off, so that the
+# worker's list of accepted accounts does not change when it is turned on.
+resource "google_service_account" "eventarc" {
+  project      = var.project_id
+  account_id   = "${var.service_name}-evt"
+  display_name = "${var.service_name} Eventarc trigger identity"
 }
 
 # Pub/Sub's service agent mints the push OIDC tokens as the push account.
@@ -97,11 +115,11 @@ resource "google_cloud_run_v2_service" "pushworker" {
 
       env {
         name  = "GOOGLE_AUDIENCES"
-        value = local.push_audience
+        value = join(",", [local.push_audience, local.service_url])
       }
       env {
         name  = "GOOGLE_SERVICE_ACCOUNTS"
-        value = join(",", [google_service_account.push.email, google_service_account.scheduler.email])
+        value = join(",", [google_service_account.push.email, google_service_account.scheduler.email, google_service_account.eventarc.email])
       }
       env {
         name  = "TRIGGER_PERMISSION"
@@ -320,4 +338,73 @@ resource "google_cloud_scheduler_job" "echo" {
   }
 
   depends_on = [google_project_service.apis]
+}
+
+# --- Eventarc (optional) -------------------------------------------------------
+
+# The trigger's service account may invoke the service, and nothing else.
+resource "google_cloud_run_v2_service_iam_member" "eventarc_invokes" {
+  count = local.eventarc_count
+
+  project  = google_cloud_run_v2_service.pushworker.project
+  location = google_cloud_run_v2_service.pushworker.location
+  name     = google_cloud_run_v2_service.pushworker.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.eventarc.member
+}
+
+data "google_storage_project_service_account" "gcs" {
+  count   = local.eventarc_count
+  project = var.project_id
+}
+
+# Cloud Storage's service agent publishes the bucket's events to the
+# trigger's transport topic.
+resource "google_project_iam_member" "gcs_agent_publishes_events" {
+  count = local.eventarc_count
+
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = data.google_storage_project_service_account.gcs[0].member
+}
+
+# A new object in eventarc_bucket: a google.cloud.storage.object.v1.finalized
+# CloudEvent, in binary mode, to POST /events.
+resource "google_eventarc_trigger" "storage_finalized" {
+  count = local.eventarc_count
+
+  project         = var.project_id
+  name            = "${var.service_name}-storage-finalized"
+  location        = coalesce(var.eventarc_location, var.region)
+  service_account = google_service_account.eventarc.email
+
+  matching_criteria {
+    attribute = "type"
+    value     = "google.cloud.storage.object.v1.finalized"
+  }
+  matching_criteria {
+    attribute = "bucket"
+    value     = var.eventarc_bucket
+  }
+
+  destination {
+    cloud_run_service {
+      service = google_cloud_run_v2_service.pushworker.name
+      region  = var.region
+      path    = "/events"
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.eventarc_bucket != ""
+      error_message = "eventarc_bucket must name the bucket whose finalize events the trigger sends."
+    }
+  }
+
+  depends_on = [
+    google_project_service.apis,
+    google_cloud_run_v2_service_iam_member.eventarc_invokes,
+    google_project_iam_member.gcs_agent_publishes_events,
+  ]
 }

@@ -32,3 +32,13 @@ output "push_audience" {
   description = "Audience of the push and scheduler OIDC tokens (GOOGLE_AUDIENCES)."
   value       = local.push_audience
 }
+
+output "eventarc_service_account" {
+  description = "Service account in the Eventarc trigger's OIDC tokens (one of GOOGLE_SERVICE_ACCOUNTS; holds only run.invoker)."
+  value       = google_service_account.eventarc.email
+}
+
+output "eventarc_trigger" {
+  description = "The Eventarc trigger sending eventarc_bucket's finalize events to /events, or null when eventarc_enabled is false."
+  value       = one(google_eventarc_trigger.storage_finalized[*].id)
+}

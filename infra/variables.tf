@@ -124,3 +124,21 @@ variable "scheduler_time_zone" {
   type        = string
   default     = "Etc/UTC"
 }
+
+variable "eventarc_enabled" {
+  description = "Create an Eventarc trigger that sends eventarc_bucket's object finalize events to the service's /events path (run by the job EVENT_ROUTES names; by default storage-object)."
+  type        = bool
+  default     = false
+}
+
+variable "eventarc_bucket" {
+  description = "Cloud Storage bucket whose finalize events the Eventarc trigger sends (with eventarc_enabled)."
+  type        = string
+  default     = ""
+}
+
+variable "eventarc_location" {
+  description = "Location of the Eventarc trigger: the bucket's location (a region, or a multi-region such as us). null: var.region."
+  type        = string
+  default     = null
+}

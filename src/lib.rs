@@ -1,10 +1,11 @@
 //! pushworker: one Cloud Run service for background work.
 //!
-//! Pub/Sub delivers messages by HTTP push with a Google OIDC token; Cloud
-//! Scheduler and Cloud Tasks call with their own OIDC tokens; people trigger
-//! the same work by hand from an admin page, signed in with Clerk. All of them
-//! reach one HTTP surface, pass one authentication core, and run the same
-//! typed job handlers.
+//! Pub/Sub delivers messages by HTTP push with a Google OIDC token, and
+//! Eventarc delivers CloudEvents the same way; Cloud Scheduler and Cloud
+//! Tasks call with their own OIDC tokens; people trigger the same work by
+//! hand from an admin page, signed in with Clerk. All of them reach one HTTP
+//! surface, pass one authentication core, and run the same typed job
+//! handlers.
 //!
 //! # Layout
 //!
@@ -25,7 +26,7 @@
 //!   lossless writer thread; trace-header parsing.
 //! - [`http`] — the router, [`http::AppState`], the one [`http::Error`], the
 //!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
-//!   and one module per resource (health, whoami, jobs, push, runs, and
+//!   and one module per resource (health, whoami, jobs, push, events, runs, and
 //!   [`http::admin`], the admin page whose files live in `assets/admin/` and
 //!   are embedded in the binary).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
@@ -35,6 +36,9 @@
 //!   command line, replay and the admin page's development sign-in only.
 //! - [`pubsub`] — the push envelope, wrapped and unwrapped, the dead-letter
 //!   publisher and the Pub/Sub client settings.
+//! - [`events`] — CloudEvents 1.0 over HTTP (binary and structured mode), as
+//!   Eventarc delivers them to `POST /events`, and `EVENT_ROUTES`, which
+//!   routes them to jobs by type and subject.
 //! - [`replay`] — `pushworker replay`: deliver messages from files or a
 //!   subscription (real Pub/Sub or the emulator) exactly as a push would,
 //!   each with a bearer token.
@@ -42,7 +46,7 @@
 //!   the job, record its end.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.
 //! - [`runs`] — the run ledger: a record of every dispatch, the claim that
-//!   makes a message or `Idempotency-Key` run once, and the in-memory and
+//!   makes a message, an event or an `Idempotency-Key` run once, and the in-memory and
 //!   PostgreSQL stores.
 //! - [`principal`] — who a verified caller is: plain data that auth makes and
 //!   the jobs and the ledger read.
@@ -54,6 +58,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod principal;

@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
+    events::EventContext,
     jobs::{DispatchError, JobContext, JobOutput, JobRegistry},
     principal::Principal,
     pubsub::MessageMeta,
@@ -54,8 +55,10 @@ pub struct RunRequest {
     pub source: RunSource,
     /// Who asked.
     pub principal: Arc<Principal>,
-    /// The Pub/Sub message, on the push path.
+    /// The Pub/Sub message, on the push path (and on a Pub/Sub event).
     pub message: Option<Arc<MessageMeta>>,
+    /// The CloudEvent's context, on an event.
+    pub event: Option<Arc<EventContext>>,
     /// Delivery attempt.
     pub attempt: u32,
     /// The caller's `Idempotency-Key`, on a manual trigger.
@@ -250,9 +253,16 @@ impl Runner {
             job: request.job.clone(),
             source: request.source,
             principal: RunPrincipal::from(&*request.principal),
-            message_id: meta.map(|m| m.message_id.clone()),
+            message_id: request
+                .event
+                .as_ref()
+                .map(|e| e.id.clone())
+                .or_else(|| meta.map(|m| m.message_id.clone())),
             subscription: meta.and_then(|m| m.subscription.clone()),
             idempotency_key: request.idempotency_key.clone(),
+            event_source: request.event.as_ref().map(|e| e.source.clone()),
+            event_type: request.event.as_ref().map(|e| e.event_type.clone()),
+            event_subject: request.event.as_ref().and_then(|e| e.subject.clone()),
             attempt: request.attempt,
             payload_digest: digest(&request.payload),
             payload,
@@ -323,6 +333,7 @@ impl Runner {
             source: request.source,
             principal: request.principal,
             message: request.message,
+            event: request.event,
             attempt: request.attempt,
             cancel,
         };

@@ -103,6 +103,10 @@ impl Application {
             })?,
         };
         jobs.check()?;
+        let names: Vec<&str> = jobs.list().iter().map(|j| j.name).collect();
+        config
+            .events
+            .check_jobs(|name| jobs.contains(name), &names)?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(Arc::new(
                 DeadLetter::new(&config.pubsub, topic, Duration::from_secs(10))

@@ -702,3 +702,128 @@ fn container_env_names_are_known_to_the_worker() {
         );
     }
 }
+
+/// (h): the Eventarc trigger is off by default; when on, it sends Cloud
+/// Storage finalize events to this service's `/events` path with a token of
+/// its own service account, one the worker accepts, whose audience (the
+/// service's URL) is in GOOGLE_AUDIENCES; and that account holds
+/// `roles/run.invoker` and nothing else.
+#[test]
+fn eventarc_trigger_is_optional_and_sends_storage_events_to_the_events_route() {
+    let body = load();
+    let ctx = defaults_context(&body);
+    let (svc_name, _) = service(&body);
+    let triggers = resources(&body, "google_eventarc_trigger");
+    assert_eq!(triggers.len(), 1, "one google_eventarc_trigger in infra/");
+    let (name, trigger) = triggers[0];
+    let what = format!("google_eventarc_trigger.{name}");
+
+    let count = attr(trigger.body(), "count")
+        .unwrap_or_else(|| panic!("{what} has no count: it cannot be turned off"));
+    let count = match eval(&ctx, &format!("{what}.count"), count) {
+        Value::Number(n) => n.as_f64(),
+        other => panic!("{what}.count evaluates to {other}"),
+    };
+    assert_eq!(count, Some(0.0), "{what} must be off by default");
+
+    let criteria: BTreeMap<String, String> = trigger
+        .body()
+        .blocks()
+        .filter(|b| b.identifier() == "matching_criteria")
+        .map(|b| {
+            let text = |key| match attr(b.body(), key) {
+                Some(Expression::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => panic!("{what}: matching_criteria without {key}"),
+            };
+            (text("attribute"), text("value"))
+        })
+        .collect();
+    assert_eq!(
+        criteria.get("type").map(String::as_str),
+        Some("google.cloud.storage.object.v1.finalized"),
+        "{what}: {criteria:?}"
+    );
+    assert_eq!(
+        criteria.get("bucket").map(String::as_str),
+        Some("var.eventarc_bucket"),
+        "{what}: {criteria:?}"
+    );
+
+    let run = path(trigger, &["destination", "cloud_run_service"])
+        .unwrap_or_else(|| panic!("{what} has no destination.cloud_run_service"));
+    let service_ref = attr(run.body(), "service").expect("destination service");
+    assert_eq!(
+        resource_address(service_ref).as_deref(),
+        Some(format!("google_cloud_run_v2_service.{svc_name}").as_str()),
+        "{what}: the destination is this service (`{service_ref}`)"
+    );
+    let route = attr(run.body(), "path").map(|p| eval_string(&ctx, "path", p));
+    assert_eq!(
+        route.as_deref(),
+        Some("/events"),
+        "{what}: the events route"
+    );
+
+    let account = attr(trigger.body(), "service_account")
+        .unwrap_or_else(|| panic!("{what} has no service_account of its own"));
+    let accounts = list_items(
+        "GOOGLE_SERVICE_ACCOUNTS",
+        env_value(&body, "GOOGLE_SERVICE_ACCOUNTS"),
+    );
+    assert!(
+        accounts.iter().any(|a| same_thing(a, account)),
+        "{what}: service_account `{account}` is not among GOOGLE_SERVICE_ACCOUNTS ({}): every event would be refused (403)",
+        show(&accounts)
+    );
+    let audiences = list_items("GOOGLE_AUDIENCES", env_value(&body, "GOOGLE_AUDIENCES"));
+    let service_url = locals(&body)
+        .get("service_url")
+        .copied()
+        .expect("a local service_url: the audience of Eventarc's tokens");
+    assert!(
+        audiences
+            .iter()
+            .any(|a| a.to_string() == "local.service_url" || *a == service_url),
+        "GOOGLE_AUDIENCES ({}) must hold the service's URL, the audience of Eventarc's tokens",
+        show(&audiences)
+    );
+    for other in ["push", "scheduler"] {
+        let other = format!("google_service_account.{other}");
+        assert_ne!(
+            resource_address(account).as_deref(),
+            Some(other.as_str()),
+            "{what}: the trigger needs a service account of its own, not {other}"
+        );
+    }
+
+    // Every grant to the trigger's account, in any IAM member resource.
+    let account_address = resource_address(account).expect("a service account resource");
+    let mut roles = Vec::new();
+    for block in body.blocks().filter(|b| b.identifier() == "resource") {
+        let [rtype, rname] = block.labels() else {
+            continue;
+        };
+        if !rtype.as_str().ends_with("_iam_member") && !rtype.as_str().ends_with("_iam_binding") {
+            continue;
+        }
+        let member = attr(block.body(), "member")
+            .or_else(|| attr(block.body(), "members"))
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        if member.contains(&account_address) {
+            let role = attr(block.body(), "role").map(ToString::to_string);
+            roles.push((format!("{}.{}", rtype.as_str(), rname.as_str()), role));
+        }
+    }
+    assert_eq!(
+        roles.len(),
+        1,
+        "the trigger's account holds one grant: {roles:?}"
+    );
+    assert_eq!(
+        roles[0].1.as_deref(),
+        Some("\"roles/run.invoker\""),
+        "{roles:?}"
+    );
+}

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub pubsub: crate::pubsub::PubsubArgs,
 
+    /// Events (`POST /events`).
+    #[command(flatten)]
+    pub events: crate::events::EventArgs,
+
     /// Logging.
     #[command(flatten)]
     pub log: crate::telemetry::LogArgs,
@@ -120,6 +124,9 @@ pub struct Config {
     pub dead_letter_topic: Option<String>,
     /// Where Pub/Sub is (real or emulator).
     pub pubsub: crate::pubsub::gcp::PubsubTarget,
+    /// Which job each event type runs (`EVENT_ROUTES`); that the jobs exist
+    /// is checked once the registry is built ([`crate::startup`]).
+    pub events: crate::events::EventRoutes,
     /// Origins allowed to call the API cross-origin (empty: no CORS).
     pub cors_allowed_origins: Vec<String>,
     /// The run ledger.
@@ -211,6 +218,7 @@ impl Config {
             )?,
             dead_letter_topic,
             pubsub: crate::pubsub::gcp::PubsubTarget::new(args.pubsub.pubsub_emulator_host.clone()),
+            events: crate::events::EventRoutes::parse(&args.events.event_routes)?,
             cors_allowed_origins: cors_origins(&args.cors_allowed_origins)?,
             runs,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
@@ -369,6 +377,31 @@ mod tests {
             assert!(err.contains(expect), "{args:?}: {err}");
             assert!(!err.contains("a:b@"), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn event_routes_default_to_storage_and_bad_ones_name_the_variable() {
+        let config = Config::from_args(&serve_args(&[])).unwrap();
+        assert_eq!(
+            config.events.route(
+                "google.cloud.storage.object.v1.finalized",
+                Some("objects/a")
+            ),
+            Some("storage-object")
+        );
+        let config = Config::from_args(&serve_args(&[
+            "--event-routes",
+            "com.example.a=echo,com.example.a:reports/=sleep",
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.events.route("com.example.a", Some("reports/1")),
+            Some("sleep")
+        );
+        let err = Config::from_args(&serve_args(&["--event-routes", "com.example.a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("EVENT_ROUTES: `com.example.a`"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use serde_json::json;
 
 use uuid::Uuid;
 
-use crate::{auth::AuthError, jobs::DispatchError, pubsub::EnvelopeError, runs::StoreError};
+use crate::{
+    auth::AuthError, events::EventError, jobs::DispatchError, pubsub::EnvelopeError,
+    runs::StoreError,
+};
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,29 @@ pub enum Error {
         "message names no job: set the `{attribute}` attribute or push to /pubsub/push/{{job}}"
     )]
     NoJob {
+        /// The attribute that names jobs.
+        attribute: String,
+    },
+    /// A request to `POST /events` that is not a usable CloudEvent: 400, or
+    /// 415 for a content mode or data type we do not take.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// An event no `EVENT_ROUTES` entry takes: 422, the answer a push of a
+    /// payload that cannot run gets.
+    #[error(
+        "no route for events of type `{event_type}`{}: add `{event_type}=JOB` (or `{event_type}:SUBJECT_PREFIX=JOB`) to EVENT_ROUTES",
+        subject.as_ref().map(|s| format!(" with subject `{s}`")).unwrap_or_default()
+    )]
+    NoRoute {
+        /// The event's type.
+        event_type: String,
+        /// Its subject, if any.
+        subject: Option<String>,
+    },
+    /// A Pub/Sub event whose message names no job: 422, as a push that
+    /// names none.
+    #[error("the Pub/Sub event's message names no job: set its `{attribute}` attribute")]
+    EventNoJob {
         /// The attribute that names jobs.
         attribute: String,
     },
@@ -116,7 +142,11 @@ impl Error {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::Envelope(_) | Self::BadBody => StatusCode::BAD_REQUEST,
-            Self::NoJob { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NoJob { .. } | Self::NoRoute { .. } | Self::EventNoJob { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Event(e) if e.is_unsupported_media() => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Event(_) => StatusCode::BAD_REQUEST,
             Self::Dispatch(d) => dispatch_status(d),
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -142,7 +172,9 @@ impl Error {
             }
             Self::Envelope(_) => "invalid_envelope",
             Self::BadBody => "bad_body",
-            Self::NoJob { .. } => "no_job",
+            Self::NoJob { .. } | Self::EventNoJob { .. } => "no_job",
+            Self::NoRoute { .. } => "no_route",
+            Self::Event(e) => e.kind(),
             Self::Dispatch(d) => d.kind(),
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",

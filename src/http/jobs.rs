@@ -168,6 +168,7 @@ async fn trigger(
             source,
             principal,
             message: None,
+            event: None,
             attempt: attempt_from_headers(&headers),
             idempotency_key: key,
             payload,

@@ -11,6 +11,7 @@
 //! | `GET /jobs` | any verified caller | jobs with description and payload schema |
 //! | `POST /jobs/{name}` | trigger permission / allowed service account | run a job by hand |
 //! | `POST /pubsub/push[/{job}]` | allowed service account only (people: `POST /jobs/{name}`) | Pub/Sub push |
+//! | `POST /events` | allowed service account only | CloudEvents from Eventarc (binary or structured mode) |
 //! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
 //! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |
@@ -21,6 +22,7 @@
 pub mod admin;
 mod cors;
 mod error;
+mod events;
 pub mod extract;
 mod health;
 mod jobs;
@@ -42,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whoami::router())
         .merge(jobs::router())
         .merge(push::router())
+        .merge(events::router())
         .merge(runs::router())
         .merge(admin::router(&state.config))
         .fallback(no_route)
@@ -65,7 +68,7 @@ pub fn router(state: AppState) -> Router {
 /// An unknown path: 404 with the JSON error body every other error has.
 async fn no_route() -> Error {
     Error::NotFound(
-        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /runs and /admin)"
+        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /events, /runs and /admin)"
             .to_owned(),
     )
 }
@@ -86,7 +89,7 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 ///
 /// The span also carries the run's fields, which the push and trigger
 /// handlers record on it (`principal`, `job`, `source`, `message_id`,
-/// `subscription`, `attempt`, `run_id`): a run that succeeds writes exactly
+/// `subscription`, `event_type`, `attempt`, `run_id`): a run that succeeds writes exactly
 /// this one line, with its job, message, run and outcome, and a failure's
 /// own lines carry the same fields. Logging is a large part of a push's
 /// work, so a run writes one line, not two.
@@ -105,6 +108,7 @@ async fn trace_request(
         source = tracing::field::Empty,
         message_id = tracing::field::Empty,
         subscription = tracing::field::Empty,
+        event_type = tracing::field::Empty,
         attempt = tracing::field::Empty,
         run_id = tracing::field::Empty,
     );

@@ -50,6 +50,7 @@ use axum::{
 use super::{AppState, Error, content_length, extract::CanPush, jobs::payload_or_empty_object};
 use crate::{
     auth::Principal,
+    events::EventContext,
     jobs::RunSource,
     pubsub::{self, MessageMeta, dead_letter::Reason},
     runner::{Outcome, RunRequest},
@@ -87,9 +88,9 @@ async fn push_to_job(
 /// envelope is held once, where collecting chunks and then joining them would
 /// hold it twice. Larger than [`pubsub::MAX_BODY_BYTES`] is a 413. The
 /// headers come with it, moved out of the request rather than copied.
-struct PushBody {
-    headers: HeaderMap,
-    body: Result<Bytes, Error>,
+pub(super) struct PushBody {
+    pub(super) headers: HeaderMap,
+    pub(super) body: Result<Bytes, Error>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for PushBody {
@@ -166,8 +167,7 @@ async fn handle(
     if let Some(s) = &meta.subscription {
         span.record("subscription", s.as_str());
     }
-    let attempt = meta.delivery_attempt.unwrap_or(1);
-    span.record("attempt", attempt);
+    span.record("attempt", meta.delivery_attempt.unwrap_or(1));
 
     let job = path_job.or_else(|| meta.attributes.get(&state.config.job_attribute).cloned());
     let Some(job) = job else {
@@ -182,22 +182,82 @@ async fn handle(
         return permanent_failure(&state, &meta, &data, reason, err, None).await;
     };
     span.record("job", job.as_str());
-
-    // Recorded and claimed by (subscription, message id) before anything
-    // runs: a store outage is a 503 (nack), never an ack without a record.
-    let content = message_digest(&job, &data);
-    let outcome = state
-        .runner()
-        .run(RunRequest {
-            dedup: Some(DedupKey::push(
-                meta.subscription.as_deref(),
-                &meta.message_id,
-                content,
-            )),
-            job: job.clone(),
+    let dedup = DedupKey::push(
+        meta.subscription.as_deref(),
+        &meta.message_id,
+        message_digest(&job, &data),
+    );
+    let what = format!("message {}", meta.message_id);
+    deliver(
+        &state,
+        Delivery {
+            job,
             source: RunSource::Push,
             principal,
             message: Some(Arc::clone(&meta)),
+            meta,
+            event: None,
+            data,
+            dedup,
+            what,
+        },
+    )
+    .await
+}
+
+/// A delivery ready to run: a push, or an event ([`super::events`]).
+pub(super) struct Delivery {
+    /// The job it runs.
+    pub(super) job: String,
+    /// `push` or `event`.
+    pub(super) source: RunSource,
+    /// The service account that delivered it.
+    pub(super) principal: Arc<Principal>,
+    /// The message as a dead-letter publish sends it on.
+    pub(super) meta: Arc<MessageMeta>,
+    /// The Pub/Sub message the job sees, if it came as one.
+    pub(super) message: Option<Arc<MessageMeta>>,
+    /// The event's context, on an event.
+    pub(super) event: Option<Arc<EventContext>>,
+    /// The decoded data (shared with the run, kept for dead-lettering).
+    pub(super) data: Bytes,
+    /// What makes a redelivery run once, claiming the job and data.
+    pub(super) dedup: DedupKey,
+    /// "message 42", "event 7 from //storage…": for the conflict's text.
+    pub(super) what: String,
+}
+
+/// Runs a delivery once and answers with its acknowledgement: the table in
+/// the module docs, for pushes and events alike.
+pub(super) async fn deliver(state: &AppState, delivery: Delivery) -> Result<StatusCode, Error> {
+    let Delivery {
+        job,
+        source,
+        principal,
+        meta,
+        message,
+        event,
+        data,
+        dedup,
+        what,
+    } = delivery;
+    let attempt = meta.delivery_attempt.unwrap_or(1);
+    tracing::Span::current().record("attempt", attempt);
+    // Push keys always carry one; the fallback only keeps this total.
+    let content = dedup
+        .content()
+        .unwrap_or_else(|| message_digest(&job, &data));
+    // Recorded and claimed by its key before anything runs: a store outage
+    // is a 503 (nack), never an ack without a record.
+    let outcome = state
+        .runner()
+        .run(RunRequest {
+            dedup: Some(dedup),
+            job: job.clone(),
+            source,
+            principal,
+            message,
+            event,
             attempt,
             idempotency_key: None,
             payload: payload_or_empty_object(data.clone()),
@@ -218,7 +278,7 @@ async fn handle(
                 text: e.to_string(),
                 job: Some(&job),
             };
-            permanent_failure(&state, &meta, &data, reason, e.into(), Some(run_id)).await
+            permanent_failure(state, &meta, &data, reason, e.into(), Some(run_id)).await
         }
         Outcome::Ran { result: Err(e), .. } => Err(e.into()),
         Outcome::Duplicate {
@@ -246,8 +306,7 @@ async fn handle(
             let reason = Reason {
                 kind: "message_conflict",
                 text: format!(
-                    "message {} was already claimed by run {original_run_id} with other content ({claimed}); this delivery, run {run_id} ({content}), was not run",
-                    meta.message_id
+                    "{what} was already claimed by run {original_run_id} with other content ({claimed}); this delivery, run {run_id} ({content}), was not run"
                 ),
                 job: Some(&job),
             };
@@ -261,7 +320,7 @@ async fn handle(
                 claimed_digest = %claimed,
                 digest = %content,
             );
-            permanent_failure(&state, &meta, &data, reason, err, None)
+            permanent_failure(state, &meta, &data, reason, err, None)
                 .instrument(span)
                 .await
         }
@@ -273,7 +332,7 @@ async fn handle(
 /// nack with `err` and leave it to the subscription's dead-letter policy.
 /// Either way it is logged at error level with the message id; a recorded
 /// run becomes `dead_lettered`.
-async fn permanent_failure(
+pub(super) async fn permanent_failure(
     state: &AppState,
     meta: &MessageMeta,
     data: &[u8],

@@ -65,8 +65,9 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
         .transpose()?;
     let source = text("source")
         .map(|v| {
-            RunSource::parse(v)
-                .ok_or_else(|| invalid("source must be one of push, manual, service".to_owned()))
+            RunSource::parse(v).ok_or_else(|| {
+                invalid("source must be one of push, manual, service, event".to_owned())
+            })
         })
         .transpose()?;
     let limit = match text("limit") {

@@ -3,8 +3,9 @@
 //! A job is a type implementing [`Job`]: a name, a description, a serde
 //! payload with a JSON Schema, and an async `run` that returns an output or a
 //! [`JobError`] saying whether a retry could help. The same handler runs for a
-//! Pub/Sub push, a manual trigger from the admin page, and a Cloud Scheduler /
-//! Cloud Tasks call; the [`JobContext`] says which.
+//! Pub/Sub push, a CloudEvent from Eventarc, a manual trigger from the admin
+//! page, and a Cloud Scheduler / Cloud Tasks call; the [`JobContext`] says
+//! which ([`storage_object`] is the example of an event job).
 //!
 //! Adding a job is one file and one line: write `src/jobs/my_job.rs`, then add
 //! `.register(my_job::MyJob::new(..))` in [`JobRegistry::builtin`].
@@ -16,6 +17,7 @@
 
 pub mod echo;
 pub mod sleep;
+pub mod storage_object;
 pub mod webhook;
 
 use std::{
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::runs::RunSource;
-use crate::{principal::Principal, pubsub::MessageMeta};
+use crate::{events::EventContext, principal::Principal, pubsub::MessageMeta};
 
 /// What a job knows about its run.
 #[derive(Debug, Clone)]
@@ -43,8 +45,11 @@ pub struct JobContext {
     pub source: RunSource,
     /// Who asked for it.
     pub principal: Arc<Principal>,
-    /// The Pub/Sub message, on the push path.
+    /// The Pub/Sub message, on the push path and on a Pub/Sub event.
     pub message: Option<Arc<MessageMeta>>,
+    /// The CloudEvent's context (id, source, type, subject, time), on an
+    /// event from `POST /events`.
+    pub event: Option<Arc<EventContext>>,
     /// Delivery attempt (1 on the first; Pub/Sub's `deliveryAttempt` when it
     /// sends one).
     pub attempt: u32,
@@ -320,6 +325,7 @@ impl JobRegistry {
         Ok(Self::new()
             .register(echo::Echo)
             .register(sleep::Sleep)
+            .register(storage_object::StorageObject)
             .register(webhook::Webhook::new(&deps.webhook)?))
     }
 

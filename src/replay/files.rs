@@ -1,4 +1,5 @@
-//! Messages read from JSON and JSON-lines files, and their delivery.
+//! Messages and CloudEvents read from JSON and JSON-lines files, and their
+//! delivery.
 
 use std::{
     collections::BTreeMap,
@@ -11,9 +12,22 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::pubsub::{MessageMeta, wrap};
+use crate::{
+    events::STRUCTURED_JSON,
+    pubsub::{MessageMeta, wrap},
+};
 
-use super::{Outgoing, ReplayArgs, Summary, TokenSource, deliver, http_client, progress_bar};
+use super::{
+    Outgoing, OutgoingEvent, ReplayArgs, Summary, TokenSource, deliver, http_client, progress_bar,
+};
+
+/// A binary-mode CloudEvent from a file: its headers and its body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEvent {
+    headers: BTreeMap<String, String>,
+    body: Option<serde_json::Value>,
+}
 
 /// One message from a file.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +63,7 @@ pub fn read_messages(paths: &[PathBuf], target: &str) -> anyhow::Result<Vec<Outg
             file.extension().and_then(|e| e.to_str()),
             Some("jsonl" | "ndjson")
         );
-        let parsed: Vec<(String, FileMessage)> = if is_lines {
+        let parsed: Vec<(String, serde_json::Value)> = if is_lines {
             text.lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
@@ -71,20 +85,11 @@ pub fn read_messages(paths: &[PathBuf], target: &str) -> anyhow::Result<Vec<Outg
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| {
-                    serde_json::from_value(v)
-                        .map(|m| (format!("{}#{}", file.display(), i), m))
-                        .with_context(|| {
-                            format!(
-                                "{} item {i}: not a message (expected data, attributes, messageId, orderingKey, publishTime)",
-                                file.display()
-                            )
-                        })
-                })
-                .collect::<anyhow::Result<_>>()?
+                .map(|(i, v)| (format!("{}#{i}", file.display()), v))
+                .collect()
         };
-        for (origin, message) in parsed {
-            out.push(to_outgoing(origin, message, target)?);
+        for (origin, item) in parsed {
+            out.push(read_item(origin, item, target)?);
         }
     }
     Ok(out)
@@ -114,15 +119,124 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One item of a file: a structured CloudEvent (it has `specversion`), a
+/// binary one (`headers` and `body`), or a push message.
+fn read_item(origin: String, item: serde_json::Value, target: &str) -> anyhow::Result<Outgoing> {
+    let Some(object) = item.as_object() else {
+        bail!("{origin}: not a JSON object (a message, or a CloudEvent)");
+    };
+    if object.contains_key("specversion") {
+        return structured_event(origin, item, target);
+    }
+    if object.contains_key("headers") {
+        let event: FileEvent = serde_json::from_value(item).with_context(|| {
+            format!("{origin}: not a binary CloudEvent (expected `headers` with ce-* and content-type, and `body`)")
+        })?;
+        return binary_event(origin, event, target);
+    }
+    let message: FileMessage = serde_json::from_value(item).with_context(|| {
+        format!(
+            "{origin}: not a message (expected data, attributes, messageId, orderingKey, publishTime), nor a CloudEvent (specversion, or headers and body)"
+        )
+    })?;
+    to_outgoing(origin, message, target)
+}
+
+/// A fresh id for an event or message that has none, so that replaying a
+/// fixture runs it again rather than being deduplicated.
+fn fresh_id() -> String {
+    format!("replay-{}", uuid::Uuid::now_v7())
+}
+
+fn with_target(json: &serde_json::Value, target: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_string(json)?
+        .replace("$TARGET", target.trim_end_matches('/'))
+        .into_bytes())
+}
+
+fn structured_event(
+    origin: String,
+    mut item: serde_json::Value,
+    target: &str,
+) -> anyhow::Result<Outgoing> {
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let id = match text(item.get("id")) {
+        Some(id) if id.is_empty() => {
+            bail!("{origin}: `id` is empty (leave it out for a fresh id per replay)")
+        }
+        Some(id) => id,
+        None => {
+            let id = fresh_id();
+            item["id"] = serde_json::Value::String(id.clone());
+            id
+        }
+    };
+    Ok(Outgoing {
+        meta: MessageMeta {
+            message_id: id,
+            ..MessageMeta::default()
+        },
+        data: with_target(&item, target)?,
+        event: Some(OutgoingEvent {
+            headers: vec![("content-type".to_owned(), STRUCTURED_JSON.to_owned())],
+            event_type: text(item.get("type")).unwrap_or_else(|| "-".to_owned()),
+        }),
+        origin,
+    })
+}
+
+fn binary_event(origin: String, event: FileEvent, target: &str) -> anyhow::Result<Outgoing> {
+    let mut headers: BTreeMap<String, String> = event
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    if !headers.keys().any(|k| k.starts_with("ce-")) {
+        bail!("{origin}: `headers` has no ce-* header (ce-specversion, ce-type, ce-source)");
+    }
+    let id = match headers.get("ce-id") {
+        Some(id) if id.is_empty() => {
+            bail!("{origin}: `ce-id` is empty (leave it out for a fresh id per replay)")
+        }
+        Some(id) => id.clone(),
+        None => {
+            let id = fresh_id();
+            headers.insert("ce-id".to_owned(), id.clone());
+            id
+        }
+    };
+    // A string body is sent as its text; any other JSON as JSON.
+    let data = match event.body {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(text)) => text
+            .replace("$TARGET", target.trim_end_matches('/'))
+            .into_bytes(),
+        Some(json) => with_target(&json, target)?,
+    };
+    Ok(Outgoing {
+        meta: MessageMeta {
+            message_id: id,
+            ..MessageMeta::default()
+        },
+        data,
+        event: Some(OutgoingEvent {
+            event_type: headers
+                .get("ce-type")
+                .cloned()
+                .unwrap_or_else(|| "-".to_owned()),
+            headers: headers.into_iter().collect(),
+        }),
+        origin,
+    })
+}
+
 fn to_outgoing(origin: String, message: FileMessage, target: &str) -> anyhow::Result<Outgoing> {
     let data = match message.data {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(b64)) => base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .with_context(|| format!("{origin}: `data` is a string, so it must be base64 (use a JSON object for JSON payloads)"))?,
-        Some(json) => serde_json::to_string(&json)?
-            .replace("$TARGET", target.trim_end_matches('/'))
-            .into_bytes(),
+        Some(json) => with_target(&json, target)?,
     };
     // Without an id of its own a message gets a fresh one on every replay, so
     // replaying a fixture runs it again instead of being deduplicated. An
@@ -133,7 +247,7 @@ fn to_outgoing(origin: String, message: FileMessage, target: &str) -> anyhow::Re
             bail!("{origin}: `messageId` is empty (leave it out for a fresh id per replay)")
         }
         Some(id) => id,
-        None => format!("replay-{}", uuid::Uuid::now_v7()),
+        None => fresh_id(),
     };
     Ok(Outgoing {
         meta: MessageMeta {
@@ -147,6 +261,7 @@ fn to_outgoing(origin: String, message: FileMessage, target: &str) -> anyhow::Re
         },
         data,
         origin,
+        event: None,
     })
 }
 
@@ -156,9 +271,18 @@ pub async fn replay_files(args: &ReplayArgs) -> anyhow::Result<Summary> {
     let messages = read_messages(&args.paths, &args.target)?;
     if args.dry_run {
         for m in &messages {
+            let line = match &m.event {
+                Some(event) => serde_json::json!({
+                    "event": {
+                        "headers": event.headers.iter().cloned().collect::<BTreeMap<_, _>>(),
+                        "body": String::from_utf8_lossy(&m.data),
+                    }
+                }),
+                None => wrap(&m.meta, &m.data),
+            };
             #[allow(clippy::print_stdout)]
             {
-                println!("{}", serde_json::to_string(&wrap(&m.meta, &m.data))?);
+                println!("{}", serde_json::to_string(&line)?);
             }
         }
         return Ok(Summary::default());
@@ -210,6 +334,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`messageId` is empty"), "{err}");
+    }
+
+    /// Both forms of a CloudEvent fixture: headers and a body, or
+    /// structured JSON; each gets a fresh id when it has none.
+    #[test]
+    fn cloudevent_fixtures_are_read_in_both_forms() {
+        let binary = read_item(
+            "f.json#0".into(),
+            serde_json::json!({
+                "headers": {"ce-specversion": "1.0", "ce-type": "t", "ce-source": "s",
+                    "Content-Type": "application/json"},
+                "body": {"url": "$TARGET/x"},
+            }),
+            "http://w/",
+        )
+        .unwrap();
+        let event = binary.event.unwrap();
+        assert_eq!(event.event_type, "t");
+        assert!(binary.meta.message_id.starts_with("replay-"));
+        assert!(
+            event
+                .headers
+                .contains(&("ce-id".to_owned(), binary.meta.message_id.clone()))
+        );
+        assert!(
+            event
+                .headers
+                .contains(&("content-type".to_owned(), "application/json".to_owned()))
+        );
+        assert_eq!(binary.data, br#"{"url":"http://w/x"}"#);
+
+        let structured = read_item(
+            "f.json#1".into(),
+            serde_json::json!({"specversion": "1.0", "id": "7", "type": "t", "source": "s", "data": {}}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(structured.meta.message_id, "7");
+        assert_eq!(structured.event.unwrap().headers[0].1, STRUCTURED_JSON);
+        let err = read_item(
+            "f.json#2".into(),
+            serde_json::json!({"headers": {}, "body": 1}),
+            "",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no ce-* header"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //!   `{"data": …, "attributes": {…}, "messageId": "…", "orderingKey": "…"}`,
 //!   where `data` is the payload as JSON, or a JSON string holding base64
 //!   (for bytes that are not JSON: poison messages). `$TARGET` in JSON data
-//!   becomes the worker's base URL.
+//!   becomes the worker's base URL. A file may also hold CloudEvents, sent
+//!   to `POST /events` instead: `{"headers": {"ce-type": …, "content-type":
+//!   …}, "body": …}` in binary mode, or a structured event (an object with
+//!   `specversion`) sent as `application/cloudevents+json`. Without an id
+//!   (`ce-id`, `id`) an event gets a fresh one on each replay.
 //! - **From a subscription** (`replay --subscription projects/P/subscriptions/S`):
 //!   pulls with google-cloud-pubsub's streaming subscriber and delivers each
 //!   message with its delivery attempt, acking on 2xx and nacking otherwise.
@@ -96,18 +100,31 @@ pub struct ReplayArgs {
 /// A message ready to deliver.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// Metadata (id, attributes, …).
+    /// Metadata (id, attributes, …); for an event, its id.
     pub meta: MessageMeta,
-    /// Raw data.
+    /// Raw data; for an event, the request body.
     pub data: Vec<u8>,
     /// Where it came from (file and index), for messages.
     pub origin: String,
+    /// Set for a CloudEvent, which goes to `POST /events` rather than as a
+    /// push (`--job` and `--unwrapped` do not apply to it).
+    pub event: Option<OutgoingEvent>,
+}
+
+/// How a CloudEvent is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingEvent {
+    /// The request's headers: `ce-*` and `content-type` in binary mode,
+    /// `content-type: application/cloudevents+json` in structured mode.
+    pub headers: Vec<(String, String)>,
+    /// Its type, for the summary.
+    pub event_type: String,
 }
 
 /// What a delivery came to.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// The job it named (attribute or `--job`), or `-`.
+    /// The job it named (attribute or `--job`), or `-`; an event's type.
     pub job: String,
     /// HTTP status, or `None` when the request failed.
     pub status: Option<u16>,
@@ -208,12 +225,21 @@ async fn deliver(
     tokens: &TokenSource,
     message: &Outgoing,
 ) -> anyhow::Result<Delivery> {
+    let base = args.target.trim_end_matches('/');
+    if let Some(event) = &message.event {
+        let token = tokens.token().await?;
+        let mut request = client.post(format!("{base}/events")).bearer_auth(token);
+        for (name, value) in &event.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(message.data.clone());
+        return Ok(send(request, event.event_type.clone(), &message.origin).await);
+    }
     let job = args
         .job
         .clone()
         .or_else(|| message.meta.attributes.get("job").cloned())
         .unwrap_or_else(|| "-".to_owned());
-    let base = args.target.trim_end_matches('/');
     let url = match &args.job {
         Some(job) => format!("{base}/pubsub/push/{job}"),
         None => format!("{base}/pubsub/push"),
@@ -240,19 +266,24 @@ async fn deliver(
     } else {
         request = request.json(&wrap(&message.meta, &message.data));
     }
+    Ok(send(request, job, &message.origin).await)
+}
+
+/// Sends one delivery and times it.
+async fn send(request: reqwest::RequestBuilder, job: String, origin: &str) -> Delivery {
     let started = Instant::now();
     let status = match request.send().await {
         Ok(response) => Some(response.status().as_u16()),
         Err(e) => {
-            tracing::warn!(origin = %message.origin, error = %e.without_url(), "delivery failed");
+            tracing::warn!(origin = %origin, error = %e.without_url(), "delivery failed");
             None
         }
     };
-    Ok(Delivery {
+    Delivery {
         job,
         status,
         latency: started.elapsed(),
-    })
+    }
 }
 
 fn http_client(args: &ReplayArgs) -> anyhow::Result<reqwest::Client> {

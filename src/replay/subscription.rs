@@ -60,6 +60,7 @@ pub async fn replay_subscription(args: &ReplayArgs, subscription: &str) -> anyho
             },
             data: message.data.to_vec(),
             origin: format!("{subscription}/{}", message.message_id),
+            event: None,
         };
         let permit = Arc::clone(&semaphore).acquire_owned().await?;
         let (client, args, tokens) = (client.clone(), args.clone(), Arc::clone(&tokens));

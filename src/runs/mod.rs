@@ -58,6 +58,8 @@ pub enum RunSource {
     Manual,
     /// A service (Cloud Scheduler, Cloud Tasks) calling `POST /jobs/{name}`.
     Service,
+    /// A CloudEvent delivered to `POST /events` (Eventarc).
+    Event,
 }
 
 impl RunSource {
@@ -67,12 +69,13 @@ impl RunSource {
             Self::Push => "push",
             Self::Manual => "manual",
             Self::Service => "service",
+            Self::Event => "event",
         }
     }
 
     /// Parses a source's name.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Push, Self::Manual, Self::Service]
+        [Self::Push, Self::Manual, Self::Service, Self::Event]
             .into_iter()
             .find(|s| s.as_str() == text)
     }
@@ -192,7 +195,8 @@ impl From<&Principal> for RunPrincipal {
 
 /// The key that makes repeats of one request run once.
 ///
-/// Push deliveries are keyed by (subscription, message id); manual triggers
+/// Push deliveries are keyed by (subscription, message id); events by
+/// (source, id), CloudEvents' own rule of uniqueness; manual triggers
 /// by (job, principal id, `Idempotency-Key`), so two people's keys never
 /// collide and a key is not shared across jobs. The parts are joined with a
 /// unit separator, which none of them can contain.
@@ -216,6 +220,14 @@ impl DedupKey {
                 "push\u{1f}{}\u{1f}{message_id}",
                 subscription.unwrap_or_default()
             ),
+            content: Some(content),
+        }
+    }
+
+    /// The key of a CloudEvent, claiming `content` as a push key does.
+    pub fn event(source: &str, id: &str, content: PayloadDigest) -> Self {
+        Self {
+            key: format!("event\u{1f}{source}\u{1f}{id}"),
             content: Some(content),
         }
     }
@@ -261,16 +273,23 @@ pub struct RunRecord {
     pub run_id: Uuid,
     /// The job's name.
     pub job: String,
-    /// `push`, `manual` or `service`.
+    /// `push`, `manual`, `service` or `event`.
     pub source: RunSource,
     /// Who asked.
     pub principal: RunPrincipal,
-    /// The Pub/Sub message id, on the push path.
+    /// The Pub/Sub message id, on the push path; the CloudEvent's `id` on
+    /// an event.
     pub message_id: Option<String>,
     /// The subscription, on the push path when Pub/Sub sent it.
     pub subscription: Option<String>,
     /// The caller's `Idempotency-Key`, on a manual trigger that sent one.
     pub idempotency_key: Option<String>,
+    /// The CloudEvent's `source`, on an event.
+    pub event_source: Option<String>,
+    /// The CloudEvent's `type`, on an event.
+    pub event_type: Option<String>,
+    /// The CloudEvent's `subject`, on an event that has one.
+    pub event_subject: Option<String>,
     /// Delivery attempt (1 on the first).
     pub attempt: u32,
     /// `sha256:<hex>` of the payload bytes, whatever their size.
@@ -647,6 +666,14 @@ mod tests {
         assert_ne!(
             DedupKey::push(None, "1", content).as_str(),
             DedupKey::push(Some("x"), "1", content).as_str()
+        );
+        assert_ne!(
+            DedupKey::event("s", "1", content).as_str(),
+            DedupKey::push(Some("s"), "1", content).as_str()
+        );
+        assert_ne!(
+            DedupKey::event("a", "1", content).as_str(),
+            DedupKey::event("b", "1", content).as_str()
         );
     }
 

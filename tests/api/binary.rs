@@ -282,8 +282,9 @@ async fn dev_mode_end_to_end() {
     }
 }
 
-/// `pushworker replay` over the fixtures: every good one acked, every poison
-/// one nacked, the summary says so and the exit code follows.
+/// `pushworker replay` over the fixtures (push messages and CloudEvents):
+/// every good one acked, every poison one nacked, the summary says so and
+/// the exit code follows.
 #[tokio::test]
 async fn replay_fixtures_into_a_dev_server() {
     let server = DevWorker::start("replay", &[], false).await;
@@ -331,7 +332,14 @@ async fn replay_fixtures_into_a_dev_server() {
         stderr.contains(&format!("{good} acked, 0 nacked")),
         "{stderr}"
     );
-    for job in ["echo", "sleep", "webhook"] {
+    // Events are counted by their type.
+    for job in [
+        "echo",
+        "sleep",
+        "webhook",
+        "google.cloud.storage.object.v1.finalized",
+        "google.cloud.pubsub.topic.v1.messagePublished",
+    ] {
         assert!(
             stderr.lines().any(|l| l.starts_with(job)),
             "summary per job: {stderr}"

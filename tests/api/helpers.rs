@@ -19,6 +19,7 @@ use pushworker::{
         ClerkConfig, Config, GoogleConfig, KeyCacheConfig, KeySource, LogFormat, RunsConfig,
         Secret, TriggerPolicy,
     },
+    events::EventContext,
     jobs::{Job, JobContext, JobDeps, JobError, JobRegistry, RunSource, webhook},
     pubsub::MessageMeta,
     runs::RunStore,
@@ -240,6 +241,8 @@ pub struct Seen {
     pub attempt: u32,
     pub source: RunSource,
     pub principal: Principal,
+    /// The CloudEvent's context, on an event.
+    pub event: Option<EventContext>,
 }
 
 /// `record`: remembers every run.
@@ -259,6 +262,7 @@ impl Job for Record {
             attempt: ctx.attempt,
             source: ctx.source,
             principal: (*ctx.principal).clone(),
+            event: ctx.event.as_deref().cloned(),
         });
         Ok(json!({ "recorded": true }))
     }
@@ -392,7 +396,14 @@ pub struct Options {
     pub webhook_allowed_hosts: Vec<String>,
     /// `WEBHOOK_MAX_RESPONSE_BYTES`.
     pub webhook_max_response_bytes: u64,
+    /// `EVENT_ROUTES`.
+    pub event_routes: String,
 }
+
+/// The routes of the tests' events: Cloud Storage to `storage-object`,
+/// orders to `record`, and the orders under `orders/slow/` to `count`.
+pub const TEST_EVENT_ROUTES: &str = "google.cloud.storage.object.v1.*=storage-object,\
+    com.example.order.v1.created=record,com.example.order.v1.created:orders/slow/=count";
 
 impl Default for Options {
     fn default() -> Self {
@@ -420,6 +431,7 @@ impl Default for Options {
             http: HttpServerConfig::default(),
             webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
             webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
+            event_routes: TEST_EVENT_ROUTES.to_owned(),
         }
     }
 }
@@ -491,6 +503,8 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         dead_letter_topic: options.dead_letter_topic.clone(),
         pubsub: pushworker::pubsub::gcp::PubsubTarget::new(options.emulator_host.clone()),
         cors_allowed_origins: options.cors_allowed_origins.clone(),
+        events: pushworker::events::EventRoutes::parse(&options.event_routes)
+            .expect("valid EVENT_ROUTES"),
         runs: RunsConfig {
             database_url: options.database_url.clone().map(Secret::new),
             lease: options.lease,
@@ -665,6 +679,24 @@ impl TestApp {
             .header("content-type", "application/x-www-form-urlencoded");
         for (k, v) in headers {
             request = request.header(*k, *v);
+        }
+        request.body(body).send().await.unwrap()
+    }
+
+    /// `POST /events` with these headers (a binary event's `ce-*` and
+    /// `content-type`, or a structured one's `content-type`) and body.
+    pub async fn event(
+        &self,
+        token: &str,
+        headers: &[(String, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/events", self.addr))
+            .header("authorization", Self::bearer(token));
+        for (k, v) in headers {
+            request = request.header(k, v);
         }
         request.body(body).send().await.unwrap()
     }

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod binary;
 mod emulator;
+mod events;
 mod hardening;
 mod helpers;
 mod jobs;

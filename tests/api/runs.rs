@@ -611,7 +611,7 @@ async fn postgres_outage_nacks_with_503_and_recovers() {
     assert_eq!(mid_runs[1]["error_kind"], "lease_expired");
 }
 
-const CONTRACT_FIELDS: [&str; 20] = [
+const CONTRACT_FIELDS: [&str; 23] = [
     "run_id",
     "job",
     "source",
@@ -633,6 +633,10 @@ const CONTRACT_FIELDS: [&str; 20] = [
     "error_kind",
     "output_truncated",
     "duplicate_of",
+    // An event's source, type and subject (null on other runs).
+    "event_source",
+    "event_type",
+    "event_subject",
 ];
 
 /// `GET /runs` and `GET /runs/{id}`: every source recorded with the agreed

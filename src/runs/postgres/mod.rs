@@ -170,6 +170,9 @@ fn from_row(row: &PgRow) -> Result<RunRecord, StoreError> {
         message_id: row.try_get("message_id").map_err(bad)?,
         subscription: row.try_get("subscription").map_err(bad)?,
         idempotency_key: row.try_get("idempotency_key").map_err(bad)?,
+        event_source: row.try_get("event_source").map_err(bad)?,
+        event_type: row.try_get("event_type").map_err(bad)?,
+        event_subject: row.try_get("event_subject").map_err(bad)?,
         attempt: u32::try_from(attempt).unwrap_or(0),
         payload_digest: {
             let text: String = row.try_get("payload_digest").map_err(bad)?;
@@ -272,6 +275,9 @@ async fn write_claims(
     let mut payload_truncated = Vec::with_capacity(n);
     let mut started_at = Vec::with_capacity(n);
     let mut content = Vec::with_capacity(n);
+    let mut event_source = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut event_subject = Vec::with_capacity(n);
     for item in items {
         let r = &item.record;
         run_id.push(r.run_id);
@@ -289,6 +295,9 @@ async fn write_claims(
         payload_truncated.push(r.payload_truncated);
         started_at.push(r.started_at);
         content.push(item.content.map(|c| c.to_string()));
+        event_source.push(clean_opt(r.event_source.as_deref()));
+        event_type.push(clean_opt(r.event_type.as_deref()));
+        event_subject.push(clean_opt(r.event_subject.as_deref()));
     }
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(CLAIM_BATCH)
@@ -309,6 +318,9 @@ async fn write_claims(
         .bind(content)
         .bind(lease.as_secs_f64())
         .bind(LEASE_EXPIRED)
+        .bind(event_source)
+        .bind(event_type)
+        .bind(event_subject)
         .fetch_all(&mut *conn)
         .await?;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];

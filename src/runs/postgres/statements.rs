@@ -6,7 +6,8 @@
 pub const RUN_COLUMNS: &str = "run_id, job, source, principal_kind, principal_id, message_id, \
     subscription, idempotency_key, dedup_key, duplicate_of, attempt, payload_digest, \
     payload::text AS payload, payload_truncated, status, started_at, finished_at, duration_ms, \
-    error, error_kind, output::text AS output, output_truncated";
+    error, error_kind, output::text AS output, output_truncated, event_source, event_type, \
+    event_subject";
 
 /// The claim of a batch, in one statement:
 ///
@@ -28,10 +29,11 @@ pub const RUN_COLUMNS: &str = "run_id, job, source, principal_kind, principal_id
 pub const CLAIM_BATCH: &str = "WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
         $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::text[], $12::text[], \
-        $13::bool[], $14::timestamptz[], $15::text[]) WITH ORDINALITY \
+        $13::bool[], $14::timestamptz[], $15::text[], $18::text[], $19::text[], \
+        $20::text[]) WITH ORDINALITY \
         AS i(run_id, job, source, principal_kind, principal_id, message_id, subscription, \
             idempotency_key, dedup_key, attempt, payload_digest, payload, payload_truncated, \
-            started_at, content_digest, ord) \
+            started_at, content_digest, event_source, event_type, event_subject, ord) \
 ), leaders AS ( \
     SELECT DISTINCT ON (dedup_key) dedup_key, run_id, content_digest \
     FROM input WHERE dedup_key IS NOT NULL ORDER BY dedup_key, ord \
@@ -77,7 +79,7 @@ pub const CLAIM_BATCH: &str = "WITH input AS ( \
     INSERT INTO runs (run_id, job, source, principal_kind, principal_id, message_id, \
         subscription, idempotency_key, dedup_key, duplicate_of, attempt, payload_digest, payload, \
         payload_truncated, status, started_at, finished_at, duration_ms, error, error_kind, \
-        output, output_truncated) \
+        output, output_truncated, event_source, event_type, event_subject) \
     SELECT run_id, job, source, principal_kind, principal_id, message_id, subscription, \
         idempotency_key, dedup_key, \
         CASE WHEN outcome = 'running' THEN NULL ELSE holder_id END, \
@@ -95,7 +97,7 @@ pub const CLAIM_BATCH: &str = "WITH input AS ( \
                 delivery comes back', holder_id) END, \
         CASE outcome WHEN 'conflict' THEN 'message_conflict' \
             WHEN 'in_progress' THEN 'run_in_progress' END, \
-        NULL, false \
+        NULL, false, event_source, event_type, event_subject \
     FROM outcome \
 ) \
 SELECT ord, outcome, holder_id, holder_content FROM outcome";
