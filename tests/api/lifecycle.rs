@@ -132,7 +132,14 @@ async fn sigterm_lets_short_jobs_finish_and_nacks_the_rest() {
             }
         }
     };
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Reset, not refused, when the connect raced the listener's close.
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused:?}"
+    );
     assert!(!long.is_finished(), "refused while a job still runs");
     assert_eq!(
         short.await.unwrap(),
