@@ -60,60 +60,57 @@ async fn receive(
     span.record("event_type", context.event_type.as_str());
     let what = format!("event {} from {}", context.id, context.source);
 
-    if context.event_type == PUBSUB_MESSAGE_PUBLISHED {
+    // Either kind comes down to a message, its data and the job it names;
+    // an event that names none is a permanent failure, as a push would be.
+    let (data, meta, message, job) = if context.event_type == PUBSUB_MESSAGE_PUBLISHED {
         let message = events::pubsub_message(&event.data)?;
-        let data = Bytes::from(message.data);
         let meta = Arc::new(message.meta);
         if let Some(s) = &meta.subscription {
             span.record("subscription", s.as_str());
         }
-        let Some(job) = meta.attributes.get(&state.config.job_attribute).cloned() else {
-            let err = Error::EventNoJob {
-                attribute: state.config.job_attribute.clone(),
-            };
+        let job = meta
+            .attributes
+            .get(&state.config.job_attribute)
+            .cloned()
+            .ok_or_else(|| {
+                let attribute = state.config.job_attribute.clone();
+                ("no_job", Error::EventNoJob { attribute })
+            });
+        (
+            Bytes::from(message.data),
+            Arc::clone(&meta),
+            Some(meta),
+            job,
+        )
+    } else {
+        let job = state
+            .config
+            .events
+            .route(&context.event_type, context.subject.as_deref())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                let (event_type, subject) = (context.event_type.clone(), context.subject.clone());
+                (
+                    "no_route",
+                    Error::NoRoute {
+                        event_type,
+                        subject,
+                    },
+                )
+            });
+        let meta = Arc::new(events::as_message(&context));
+        (Bytes::from(event.data), meta, None, job)
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err((kind, err)) => {
             let reason = Reason {
-                kind: "no_job",
+                kind,
                 text: err.to_string(),
                 job: None,
             };
             return permanent_failure(&state, &meta, &data, reason, err, None).await;
-        };
-        span.record("job", job.as_str());
-        return deliver(
-            &state,
-            Delivery {
-                dedup: event_key(&context, &job, &data),
-                job,
-                source: RunSource::Event,
-                principal,
-                message: Some(Arc::clone(&meta)),
-                meta,
-                event: Some(context),
-                data,
-                what,
-            },
-        )
-        .await;
-    }
-
-    let data = Bytes::from(event.data);
-    let meta = Arc::new(events::as_message(&context));
-    let job = state
-        .config
-        .events
-        .route(&context.event_type, context.subject.as_deref())
-        .map(str::to_owned);
-    let Some(job) = job else {
-        let err = Error::NoRoute {
-            event_type: context.event_type.clone(),
-            subject: context.subject.clone(),
-        };
-        let reason = Reason {
-            kind: "no_route",
-            text: err.to_string(),
-            job: None,
-        };
-        return permanent_failure(&state, &meta, &data, reason, err, None).await;
+        }
     };
     span.record("job", job.as_str());
     deliver(
@@ -123,7 +120,7 @@ async fn receive(
             job,
             source: RunSource::Event,
             principal,
-            message: None,
+            message,
             meta,
             event: Some(context),
             data,
