@@ -22,9 +22,6 @@ use crate::{
     runs::{RunStore, memory::MemoryStore, postgres::PgStore, spawn_pruner},
 };
 
-/// How often old runs are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
 /// A bound, ready-to-serve worker.
 pub struct Application {
     listener: TcpListener,
@@ -120,7 +117,7 @@ impl Application {
             Some(url) => Arc::new(PgStore::connect(url.expose(), settings).await?),
             None => Arc::new(MemoryStore::new(settings)),
         };
-        spawn_pruner(Arc::clone(&runs), PRUNE_EVERY);
+        spawn_pruner(Arc::clone(&runs), config.runs.prune_every);
         let tokens = TokenCache::new(config.token_cache_max_entries, config.leeway);
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)

@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:5432")]
     pub postgres: String,
 
+    /// Seconds of each run of the PostgreSQL pruning pair (pruning on, then
+    /// off).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
+    pub prune_secs: u64,
+
     /// Passed by `cargo bench`; without it the bench exits at once.
     #[arg(long, hide = true)]
     pub bench: bool,

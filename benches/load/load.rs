@@ -44,6 +44,12 @@ pub struct WrkRun {
     /// the run (`steal` in `/proc/stat`, set by `measured`), in percent.
     #[serde(skip)]
     pub steal_pct: f64,
+    /// Share of the machine's CPU time left idle during the run, and idle
+    /// waiting for I/O, in percent (set by `measured`).
+    #[serde(skip)]
+    pub idle_pct: f64,
+    #[serde(skip)]
+    pub iowait_pct: f64,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -246,11 +252,7 @@ impl Wrk {
         let mut run = run?;
         run.server_cpu_secs = cpu_after - cpu_before;
         run.log_lines = lines_after.zip(lines_before).map(|(a, b)| a - b);
-        let (steal, total) = (
-            machine_after.0 - machine_before.0,
-            machine_after.1 - machine_before.1,
-        );
-        run.steal_pct = 100.0 * steal as f64 / total.max(1) as f64;
+        (run.steal_pct, run.idle_pct, run.iowait_pct) = machine_after.shares_since(&machine_before);
         Ok((run, rss))
     }
 }

@@ -226,6 +226,7 @@ impl Bench {
                 connections: a.connections,
                 duration: a.duration,
                 warmup: WARMUP_SECS,
+                prune_secs: a.prune_secs,
             })?)
         };
 

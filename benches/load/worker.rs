@@ -242,9 +242,32 @@ pub fn proc_cpu_secs(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// The machine's CPU time so far, in ticks: `(steal, total)` from the `cpu`
-/// line of `/proc/stat`.
-pub fn machine_cpu_ticks() -> Result<(u64, u64)> {
+/// The machine's CPU time so far, in ticks, from the `cpu` line of
+/// `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTicks {
+    pub steal: u64,
+    /// Idle, not waiting for I/O.
+    pub idle: u64,
+    /// Idle while some I/O was outstanding (a commit's flush, say).
+    pub iowait: u64,
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// Each share of the time from `before` to `self`, in percent.
+    pub fn shares_since(&self, before: &Self) -> (f64, f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let pct = |a: u64, b: u64| 100.0 * a.saturating_sub(b) as f64 / total;
+        (
+            pct(self.steal, before.steal),
+            pct(self.idle, before.idle),
+            pct(self.iowait, before.iowait),
+        )
+    }
+}
+
+pub fn machine_cpu_ticks() -> Result<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat
         .lines()
@@ -257,6 +280,11 @@ pub fn machine_cpu_ticks() -> Result<(u64, u64)> {
         .collect::<Result<_, _>>()?;
     // user nice system idle iowait irq softirq steal guest guest_nice; guest
     // time is already counted in user.
-    let total = ticks.iter().take(8).sum();
-    Ok((ticks.get(7).copied().unwrap_or(0), total))
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    Ok(CpuTicks {
+        steal: at(7),
+        idle: at(3),
+        iowait: at(4),
+        total: ticks.iter().take(8).sum(),
+    })
 }

@@ -365,6 +365,10 @@ mod tests {
             (vec!["--run-lease-secs", "60"], "RUN_LEASE_SECS"),
             (vec!["--runs-max-records", "0"], "RUNS_MAX_RECORDS"),
             (vec!["--runs-retention-hours", "0"], "RUNS_RETENTION_HOURS"),
+            (
+                vec!["--runs-prune-interval-secs", "0"],
+                "RUNS_PRUNE_INTERVAL_SECS",
+            ),
             (vec!["--runs-view-permission", ""], "RUNS_VIEW_PERMISSION"),
             (
                 vec!["--run-output-cap-bytes", "99999999"],

@@ -47,6 +47,12 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
             args.runs.runs_retention_hours
         );
     }
+    if args.runs.runs_prune_interval_secs == 0 || args.runs.runs_prune_interval_secs > 86_400 {
+        bail!(
+            "RUNS_PRUNE_INTERVAL_SECS: {} is out of range; use 1 to 86400",
+            args.runs.runs_prune_interval_secs
+        );
+    }
     if args.runs.runs_view_permission.trim().is_empty() {
         bail!("RUNS_VIEW_PERMISSION: must not be empty (e.g. org:jobs:read)");
     }
@@ -98,6 +104,7 @@ pub(super) fn runs_config(args: &ServeArgs) -> anyhow::Result<RunsConfig> {
         lease: Duration::from_secs(lease_secs),
         max_records: args.runs.runs_max_records,
         retention: Duration::from_secs(args.runs.runs_retention_hours * 3600),
+        prune_every: Duration::from_secs(args.runs.runs_prune_interval_secs),
         view_permission: args.runs.runs_view_permission.trim().to_owned(),
         payload_cap: args.runs.run_payload_cap_bytes,
         output_cap: args.runs.run_output_cap_bytes,

@@ -50,6 +50,11 @@ pub struct RunsArgs {
     #[arg(long, env = "RUNS_RETENTION_HOURS", default_value_t = 168)]
     pub runs_retention_hours: u64,
 
+    /// How often each instance deletes the records past the retention, in
+    /// seconds (in batches, each its own short transaction).
+    #[arg(long, env = "RUNS_PRUNE_INTERVAL_SECS", default_value_t = 600)]
+    pub runs_prune_interval_secs: u64,
+
     /// Clerk permission that allows reading the run ledger (`GET /runs`);
     /// users who may trigger jobs may read it too.
     #[arg(long, env = "RUNS_VIEW_PERMISSION", default_value = "org:jobs:read")]
@@ -106,6 +111,8 @@ pub struct RunsConfig {
     pub max_records: usize,
     /// How long records are kept.
     pub retention: Duration,
+    /// How often records past the retention are deleted.
+    pub prune_every: Duration,
     /// The PostgreSQL ledger's pool and batching.
     pub postgres: crate::runs::postgres::PgSettings,
     /// The Clerk permission that allows reading runs.
@@ -125,6 +132,7 @@ impl RunsConfig {
             lease: job_timeout + Duration::from_secs(30),
             max_records: 10_000,
             retention: Duration::from_secs(168 * 3600),
+            prune_every: Duration::from_secs(600),
             postgres: crate::runs::postgres::PgSettings::default(),
             view_permission: "org:jobs:read".to_owned(),
             payload_cap: 64 * 1024,
