@@ -58,7 +58,6 @@ async fn receive(
     let context = Arc::new(event.context);
     span.record("message_id", context.id.as_str());
     span.record("event_type", context.event_type.as_str());
-    let what = format!("event {} from {}", context.id, context.source);
 
     // Either kind comes down to a message, its data and the job it names;
     // an event that names none is a permanent failure, as a push would be.
@@ -113,6 +112,7 @@ async fn receive(
         }
     };
     span.record("job", job.as_str());
+    span.record("attempt", meta.delivery_attempt.unwrap_or(1));
     deliver(
         &state,
         Delivery {
@@ -124,7 +124,6 @@ async fn receive(
             meta,
             event: Some(context),
             data,
-            what,
         },
     )
     .await

@@ -134,6 +134,26 @@ async fn trace_request(
     response.map(|body| axum::body::Body::new(CountedBody::new(body, log)))
 }
 
+/// Records several fields of the request span (see [`trace_request`]) in
+/// one call, `None` leaving a field unset: each `Span::record` is a lookup of
+/// the span in every layer, and a push records many.
+fn record_fields<const N: usize>(
+    span: &tracing::Span,
+    values: [(&str, Option<&dyn tracing::Value>); N],
+) {
+    let Some(fields) = span.metadata().map(tracing::Metadata::fields) else {
+        return; // disabled: nothing records
+    };
+    let found: Option<Vec<_>> = values.iter().map(|(name, _)| fields.field(*name)).collect();
+    let Some(Ok(found)) = found.map(<[tracing::field::Field; N]>::try_from) else {
+        debug_assert!(false, "the request span lacks one of these fields");
+        return;
+    };
+    let pairs: [(&tracing::field::Field, Option<&dyn tracing::Value>); N] =
+        std::array::from_fn(|i| (&found[i], values[i].1));
+    span.record_all(&fields.value_set(&pairs));
+}
+
 /// What the request line says, but for the bytes sent.
 struct RequestLog {
     span: tracing::Span,

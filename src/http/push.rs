@@ -136,11 +136,17 @@ async fn handle(
     body: Result<Bytes, Error>,
 ) -> Result<StatusCode, Error> {
     let span = tracing::Span::current();
-    span.record("principal", principal.kind());
-    let body = body?;
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            span.record("principal", principal.kind());
+            return Err(e);
+        }
+    };
     let message = match pubsub::parse_push(&headers, &body) {
         Ok(m) => m,
         Err(e) => {
+            span.record("principal", principal.kind());
             // Nothing decodable (and nothing recorded, as nothing was
             // dispatched): dead-letter the raw body so it can be inspected.
             let meta = MessageMeta {
@@ -163,13 +169,20 @@ async fn handle(
     // Shared with the run (no copy); kept for dead-lettering after it.
     let data = Bytes::from(message.data);
     let meta = Arc::new(message.meta);
-    span.record("message_id", meta.message_id.as_str());
-    if let Some(s) = &meta.subscription {
-        span.record("subscription", s.as_str());
-    }
-    span.record("attempt", meta.delivery_attempt.unwrap_or(1));
-
     let job = path_job.or_else(|| meta.attributes.get(&state.config.job_attribute).cloned());
+    super::record_fields(
+        &span,
+        [
+            ("principal", Some(&principal.kind() as &dyn tracing::Value)),
+            ("message_id", Some(&meta.message_id.as_str())),
+            (
+                "subscription",
+                meta.subscription.as_ref().map(|s| s as &dyn tracing::Value),
+            ),
+            ("attempt", Some(&meta.delivery_attempt.unwrap_or(1))),
+            ("job", job.as_ref().map(|j| j as &dyn tracing::Value)),
+        ],
+    );
     let Some(job) = job else {
         let err = Error::NoJob {
             attribute: state.config.job_attribute.clone(),
@@ -181,13 +194,11 @@ async fn handle(
         };
         return permanent_failure(&state, &meta, &data, reason, err, None).await;
     };
-    span.record("job", job.as_str());
     let dedup = DedupKey::push(
         meta.subscription.as_deref(),
         &meta.message_id,
         message_digest(&job, &data),
     );
-    let what = format!("message {}", meta.message_id);
     deliver(
         &state,
         Delivery {
@@ -199,7 +210,6 @@ async fn handle(
             event: None,
             data,
             dedup,
-            what,
         },
     )
     .await
@@ -223,8 +233,6 @@ pub(super) struct Delivery {
     pub(super) data: Bytes,
     /// What makes a redelivery run once, claiming the job and data.
     pub(super) dedup: DedupKey,
-    /// "message 42", "event 7 from //storage…": for the conflict's text.
-    pub(super) what: String,
 }
 
 /// Runs a delivery once and answers with its acknowledgement: the table in
@@ -239,10 +247,10 @@ pub(super) async fn deliver(state: &AppState, delivery: Delivery) -> Result<Stat
         event,
         data,
         dedup,
-        what,
     } = delivery;
     let attempt = meta.delivery_attempt.unwrap_or(1);
-    tracing::Span::current().record("attempt", attempt);
+    // Named in a conflict's text only: built then.
+    let described = event.clone();
     // Push keys always carry one; the fallback only keeps this total.
     let content = dedup
         .content()
@@ -303,6 +311,10 @@ pub(super) async fn deliver(state: &AppState, delivery: Delivery) -> Result<Stat
             // Pub/Sub never changes a message it redelivers: kept (nacked or
             // dead-lettered) for an operator, never acked as a duplicate.
             // The record stays `conflict`; the error line carries both runs.
+            let what = match &described {
+                Some(e) => format!("event {} from {}", e.id, e.source),
+                None => format!("message {}", meta.message_id),
+            };
             let reason = Reason {
                 kind: "message_conflict",
                 text: format!(
