@@ -883,7 +883,7 @@ async fn the_docs_page_tries_echo_signed_in() {
         .await;
     browser
         .text_containing(
-            "#operations-jobs-trigger_echo .live-responses-table .response-col_status",
+            "#operations-jobs-trigger_echo .live-responses-table tr.response .response-col_status",
             "200",
         )
         .await;

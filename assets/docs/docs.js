@@ -185,9 +185,10 @@
   }
 
   function signedOut() {
+    // Only once something was authorized: Swagger UI's logout assumes it.
+    if (ui && handedOut) ui.authActions.logout([SCHEME]);
     auth = null;
     handedOut = null;
-    if (ui) ui.authActions.logout([SCHEME]);
     $('account').replaceChildren();
     $('signin').hidden = false;
     if (config.sign_in === 'clerk') {
