@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 8080
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test test-prereqs e2e lint fmt dev-token-google dev-token-clerk
+.PHONY: run test test-prereqs e2e lint fmt openapi dev-token-google dev-token-clerk
 
 # Tests that use a Python tool find it here (scripts/test-prereqs.sh venv).
 export PUSHWORKER_TEST_VENV ?= $(CURDIR)/.venv
@@ -41,6 +41,13 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## openapi: write the OpenAPI 3.1 document (`pushworker openapi`, what
+## GET /openapi.json serves) to docs/openapi.json; a test fails until the
+## committed file matches the code
+openapi:
+	$(CARGO) run -q --bin pushworker -- openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 # --- Fuzzing (cargo-fuzz, libFuzzer; not part of `make test`) ----------------
 FUZZ_SECONDS ?= 60

@@ -3,6 +3,8 @@
 //! - `pushworker serve`: run the worker (configuration from flags and env).
 //! - `pushworker dev-token google|clerk`: mint a token from the development
 //!   identity, for `curl` and the replay tools.
+//! - `pushworker openapi`: print the OpenAPI document (`make openapi` writes
+//!   it to `docs/openapi.json`).
 
 use std::path::PathBuf;
 
@@ -12,6 +14,10 @@ use clap::{Parser, Subcommand};
 use crate::{
     auth::dev::{DevClerkUser, DevIdentity},
     config::{Config, ServeArgs},
+    jobs::{
+        JobDeps, JobRegistry,
+        webhook::{WebhookConfig, settings::DEFAULT_MAX_RESPONSE_BYTES},
+    },
     startup::Application,
     telemetry,
 };
@@ -35,6 +41,9 @@ pub enum Command {
     DevToken(DevTokenArgs),
     /// Deliver messages from files or a subscription as Pub/Sub push would.
     Replay(Box<crate::replay::ReplayArgs>),
+    /// Print the OpenAPI 3.1 document that `GET /openapi.json` serves (with
+    /// the built-in jobs).
+    Openapi,
 }
 
 /// `dev-token` options.
@@ -106,7 +115,21 @@ pub async fn run(cli: Cli, logs: &telemetry::LogGuard) -> anyhow::Result<()> {
             telemetry::init(logs, telemetry::LogFormat::Text, None);
             crate::replay::run(*args).await
         }
+        Command::Openapi => openapi(),
     }
+}
+
+/// The document of a server with the built-in jobs: the webhook job's
+/// settings change nothing in it, so their defaults do.
+#[allow(clippy::print_stdout)]
+fn openapi() -> anyhow::Result<()> {
+    let jobs = JobRegistry::builtin(&JobDeps {
+        http: crate::startup::http_client()?,
+        webhook: WebhookConfig::new(Vec::<String>::new(), DEFAULT_MAX_RESPONSE_BYTES)?,
+    })?;
+    let doc = crate::http::document(&jobs)?;
+    print!("{}", crate::http::openapi::to_pretty_json(&doc)?);
+    Ok(())
 }
 
 async fn serve(args: ServeArgs, logs: &telemetry::LogGuard) -> anyhow::Result<()> {

@@ -28,7 +28,9 @@
 //!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
 //!   and one module per resource (health, whoami, jobs, push, events, runs, and
 //!   [`http::admin`], the admin page whose files live in `assets/admin/` and
-//!   are embedded in the binary).
+//!   are embedded in the binary); [`http::openapi`] gathers the routes' parts
+//!   of the OpenAPI document, adds one operation per job, and serves it with
+//!   Swagger UI (`assets/docs/`, embedded too).
 //! - [`auth`] — the bearer token, its routing by issuer, the Google and Clerk
 //!   verifiers with their settings, the per-issuer key cache and the
 //!   verified-token cache; no HTTP framework, no configuration parsing.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 /// A verified caller.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
     /// A Google service identity (Pub/Sub push, Scheduler, Tasks).
@@ -17,7 +17,7 @@ pub enum Principal {
 }
 
 /// A Google service identity.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GoogleIdentity {
     /// The service account's email.
     pub email: String,
@@ -28,7 +28,7 @@ pub struct GoogleIdentity {
 }
 
 /// A Clerk user's session.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClerkUser {
     /// `sub`: `user_…`.
     pub user_id: String,
@@ -41,7 +41,7 @@ pub struct ClerkUser {
 }
 
 /// The active organization of a Clerk session, from v1 or v2 claims.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Organization {
     /// `org_…`.
     pub id: String,

@@ -76,6 +76,17 @@ pub struct HttpServerArgs {
     /// Cloud Run's concurrency in requests, so this bounds idle connections.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 768)]
     pub http_max_connections: usize,
+
+    /// Serve the OpenAPI 3.1 document at `GET /openapi.json` (public: it
+    /// holds no secret) and Swagger UI over it at `GET /docs`; `false`: both
+    /// answer 404.
+    #[arg(
+        long,
+        env = "OPENAPI_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub openapi_enabled: bool,
 }
 
 /// The validated settings of the HTTP server.
@@ -696,6 +707,7 @@ mod tests {
             http_header_read_timeout_secs: 10,
             http_idle_timeout_secs: 620,
             http_max_connections: 768,
+            openapi_enabled: true,
         };
         assert_eq!(
             HttpServerConfig::from_args(&good).unwrap(),

@@ -100,6 +100,9 @@ impl Application {
             })?,
         };
         jobs.check()?;
+        // A job whose schema the API document cannot carry stops start-up
+        // here, saying which job and keyword, rather than on the first request.
+        crate::http::document(&jobs)?;
         let names: Vec<&str> = jobs.list().iter().map(|j| j.name).collect();
         config
             .events
@@ -176,7 +179,7 @@ impl Application {
             });
         };
         let http = self.state.config.http.clone();
-        let app = router(self.state);
+        let app = router(self.state)?;
         crate::server::serve(self.listener, app, &http, signal).await;
         if let Some(dl) = dead_letter {
             dl.flush().await;

@@ -836,3 +836,71 @@ async fn the_run_appears_in_the_runs_list_with_its_detail() {
     browser.assert_clean_console(&["/jobs/order"]).await;
     browser.close().await;
 }
+
+/// `/docs`: Swagger UI over `/openapi.json`, embedded and under the admin
+/// page's CSP, shows one operation per job; signed in with the development
+/// sign-in, "Try it out" on `POST /jobs/echo` sends the session token and
+/// the run answers 200.
+#[tokio::test]
+async fn the_docs_page_tries_echo_signed_in() {
+    let _one = BROWSER.lock().await;
+    let server = start_server().await;
+    let browser = open_browser("docs", &server).await;
+    browser
+        .client
+        .goto(&format!("{}/docs", browser.base))
+        .await
+        .unwrap();
+    for job in ["echo", "order", "sleep", "storage_object", "webhook"] {
+        browser
+            .visible(&format!("#operations-jobs-trigger_{job}"))
+            .await;
+    }
+    browser
+        .text_containing("#operations-jobs-trigger_echo", "/jobs/echo")
+        .await;
+    browser.text_containing("#signin", "Sign in as Admin").await;
+    browser.screenshot("09-docs").await;
+
+    browser.click("#dev-signin-admin").await;
+    browser
+        .text_containing("#account-label", "development admin")
+        .await;
+    browser
+        .click("#operations-jobs-trigger_echo .opblock-summary-control")
+        .await;
+    browser
+        .click("#operations-jobs-trigger_echo .try-out__btn")
+        .await;
+    browser
+        .fill(
+            "#operations-jobs-trigger_echo textarea.body-param__text",
+            r#"{"message": "from the docs page"}"#,
+        )
+        .await;
+    browser
+        .click("#operations-jobs-trigger_echo .execute")
+        .await;
+    browser
+        .text_containing(
+            "#operations-jobs-trigger_echo .live-responses-table tr.response .response-col_status",
+            "200",
+        )
+        .await;
+    let curl = browser
+        .text_containing(
+            "#operations-jobs-trigger_echo .curl-command",
+            "Authorization: Bearer ey",
+        )
+        .await;
+    assert!(curl.contains("/jobs/echo"), "{curl}");
+    browser
+        .text_containing(
+            "#operations-jobs-trigger_echo .live-responses-table",
+            "from the docs page",
+        )
+        .await;
+    browser.screenshot_tall("10-docs-try-echo").await;
+    browser.assert_clean_console(&[]).await;
+    browser.close().await;
+}

@@ -129,7 +129,7 @@ fn keep_identity(fresh: Key, previous: Option<&Key>) -> Key {
 }
 
 /// Counters for readiness and the benchmark.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct KeyCacheStats {
     /// Whether usable keys are loaded now.
     pub loaded: bool,

@@ -74,7 +74,7 @@ struct Entry {
 }
 
 /// Counters, for `/readyz` and the benchmark.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TokenCacheStats {
     /// Entries now.
     pub entries: usize,

@@ -64,7 +64,8 @@ pub struct ServeArgs {
     #[arg(long, env = "K_SERVICE", hide = true)]
     pub k_service: Option<String>,
 
-    /// The HTTP server's timeouts and connection bound.
+    /// The HTTP server's timeouts and connection bound, and whether the API
+    /// document is served.
     #[command(flatten)]
     pub http: crate::server::HttpServerArgs,
 
@@ -135,6 +136,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The HTTP server's timeouts and connection bound.
     pub http: crate::server::HttpServerConfig,
+    /// Whether `GET /openapi.json` and `GET /docs` are served.
+    pub openapi_enabled: bool,
     /// Project id for trace fields in JSON logs.
     pub project_id: Option<String>,
     /// Log format.
@@ -223,6 +226,7 @@ impl Config {
             runs,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             http: crate::server::HttpServerConfig::from_args(&args.http)?,
+            openapi_enabled: args.http.openapi_enabled,
             project_id: args
                 .log
                 .google_cloud_project

@@ -169,6 +169,13 @@ fn attribute(text: &str) -> String {
 /// `app.js` runs after it in document order and finds `window.Clerk` (or
 /// knows it failed to load) without an inline handler.
 pub fn index_html(sign_in: &SignIn) -> String {
+    with_clerk_script(INDEX_HTML, sign_in)
+}
+
+/// `template` with the ClerkJS tag (Clerk mode) or nothing in its
+/// `<!-- clerk-js -->` slot: the admin page's, and the API docs page's,
+/// which signs in the same way.
+pub(super) fn with_clerk_script(template: &str, sign_in: &SignIn) -> String {
     let tag = match sign_in {
         SignIn::Clerk {
             publishable_key,
@@ -180,7 +187,7 @@ pub fn index_html(sign_in: &SignIn) -> String {
         ),
         _ => String::new(),
     };
-    INDEX_HTML.replace(CLERK_SCRIPT_SLOT, &tag)
+    template.replace(CLERK_SCRIPT_SLOT, &tag)
 }
 
 /// Everything the page needs to know about the server, public by design.
@@ -262,7 +269,9 @@ pub(super) fn router(config: &Config) -> Router<AppState> {
     }))
 }
 
-fn with_security_headers(mut response: Response, csp: HeaderValue) -> Response {
+/// The page's CSP, `nosniff`, `no-referrer`, framing refused, and
+/// `no-cache` unless the response set its own caching.
+pub(super) fn with_security_headers(mut response: Response, csp: HeaderValue) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(

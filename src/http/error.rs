@@ -11,8 +11,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
-
 use uuid::Uuid;
 
 use crate::{
@@ -204,6 +202,12 @@ pub fn dispatch_status(err: &DispatchError) -> StatusCode {
     }
 }
 
+/// The `Retry-After` of every 503: each one is a condition that passes
+/// (keys, the ledger, a dependency, the dead-letter topic).
+pub fn retry_after() -> HeaderValue {
+    HeaderValue::from_static("10")
+}
+
 fn challenge(error: Option<&str>, description: Option<&str>) -> HeaderValue {
     let mut value = String::from("Bearer");
     if let Some(error) = error {
@@ -220,11 +224,39 @@ fn challenge(error: Option<&str>, description: Option<&str>) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
+/// The JSON body of every error answer. Client errors say what to fix in
+/// `message`; 5xx messages are opaque.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The stable, machine-readable code (`invalid_token`,
+    /// `insufficient_scope`, `invalid_payload`, `run_in_progress`, …).
+    #[schema(example = "invalid_payload")]
+    pub error: &'static str,
+    /// What went wrong and what to fix (client errors); a fixed text on 5xx.
+    pub message: String,
+    /// On `invalid_payload`: the path of the field that does not fit (`.`
+    /// for the root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// On `invalid_payload`: what is wrong at `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// On `run_in_progress`, `message_conflict` and
+    /// `idempotency_key_reused`: the run that holds the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status_code();
-        let code = self.code();
-        let mut body = json!({ "error": code });
+        let mut body = ErrorBody {
+            error: self.code(),
+            message: String::new(),
+            path: None,
+            detail: None,
+            run_id: None,
+        };
         if status.is_server_error() {
             // Opaque to the client; the cause is logged once, here.
             match &self {
@@ -239,20 +271,22 @@ impl IntoResponse for Error {
                 }
                 _ => tracing::error!(error = %format!("{self:#}"), "answered {status}"),
             }
-            body["message"] = json!(match &self {
+            body.message = match &self {
                 Self::Auth(_) => "signing keys are unavailable; retry later",
-                Self::Dispatch(DispatchError::Transient(_)) =>
-                    "the job failed with a transient error; retry later",
+                Self::Dispatch(DispatchError::Transient(_)) => {
+                    "the job failed with a transient error; retry later"
+                }
                 Self::Dispatch(DispatchError::Timeout(_)) => "the job timed out",
                 Self::DeadLetterFailed(_) => "the message could not be dead-lettered; retry later",
                 Self::Store(_) => "the run ledger is unavailable; retry later",
                 _ => "internal error",
-            });
+            }
+            .to_owned();
         } else {
-            body["message"] = json!(self.to_string());
+            body.message = self.to_string();
             if let Self::Dispatch(DispatchError::InvalidPayload { path, message, .. }) = &self {
-                body["path"] = json!(path);
-                body["detail"] = json!(message);
+                body.path = Some(path.clone());
+                body.detail = Some(message.clone());
             }
             if let Self::Auth(e) = &self {
                 tracing::debug!(error = %e, status = status.as_u16(), "request refused");
@@ -261,7 +295,7 @@ impl IntoResponse for Error {
             | Self::IdempotencyKeyReused { run_id }
             | Self::MessageConflict { run_id } = &self
             {
-                body["run_id"] = json!(run_id);
+                body.run_id = Some(*run_id);
             }
         }
         let mut response = (status, Json(body)).into_response();
@@ -288,12 +322,10 @@ impl IntoResponse for Error {
                     challenge(Some("insufficient_scope"), Some(d)),
                 );
             }
-            Self::Auth(AuthError::KeysUnavailable(_))
-            | Self::Dispatch(DispatchError::Transient(_))
-            | Self::Store(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-            }
             _ => {}
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, retry_after());
         }
         response
     }

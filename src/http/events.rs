@@ -25,11 +25,17 @@
 
 use std::sync::Arc;
 
-use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use axum::{body::Bytes, extract::State, http::StatusCode};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState, Error,
     extract::CanPush,
+    openapi::responses::{
+        BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, PayloadTooLarge,
+        Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+    },
     push::{Delivery, PushBody, deliver, permanent_failure},
 };
 use crate::{
@@ -39,11 +45,104 @@ use crate::{
     runs::{DedupKey, message_digest},
 };
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/events", post(receive))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
+}
+
+/// A structured-mode CloudEvent (`application/cloudevents+json`): the
+/// document's description of what [`events::parse`] reads. Other members
+/// are extension attributes.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "specversion": "1.0",
+    "id": "8245139052340451",
+    "source": "//storage.googleapis.com/projects/_/buckets/acme-uploads",
+    "type": "google.cloud.storage.object.v1.finalized",
+    "subject": "objects/reports/2026-11.csv",
+    "time": "2026-11-28T10:00:00.123Z",
+    "datacontenttype": "application/json",
+    "data": { "bucket": "acme-uploads", "name": "reports/2026-11.csv", "size": "1024" },
+})))]
+// Described, never built: the parser reads a JSON map.
+#[allow(dead_code)]
+pub(super) struct StructuredEvent {
+    /// `1.0`.
+    specversion: SpecVersion,
+    /// Unique within `source`: with it, the key that makes a redelivery run once.
+    #[schema(min_length = 1)]
+    id: String,
+    /// Where the event happened (a URI-reference).
+    #[schema(min_length = 1)]
+    source: String,
+    /// The event type; `EVENT_ROUTES` maps it (and the subject) to a job.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1)]
+    event_type: String,
+    /// What the event is about, within `source` (`objects/…` for Cloud Storage).
+    #[schema(min_length = 1)]
+    subject: Option<String>,
+    /// When it happened (RFC 3339).
+    #[schema(format = DateTime)]
+    time: Option<String>,
+    /// The media type of `data`: JSON (`application/json`, `text/json`, `…+json`).
+    datacontenttype: Option<String>,
+    /// A URI of the data's schema.
+    dataschema: Option<String>,
+    /// The data: the job's JSON payload.
+    #[schema(value_type = Option<serde_json::Value>)]
+    data: Option<serde_json::Value>,
+    /// Or the data as base64, holding JSON.
+    #[schema(content_encoding = "base64")]
+    data_base64: Option<String>,
+}
+
+/// The CloudEvents version taken.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) enum SpecVersion {
+    /// CloudEvents 1.0.
+    #[serde(rename = "1.0")]
+    V1,
 }
 
 /// One CloudEvent, in binary or structured mode.
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "events",
+    operation_id = "receive_event",
+    params(
+        ("ce-id" = Option<String>, Header, nullable = false, description = "Binary mode (required there): the event's id, unique within its source."),
+        ("ce-source" = Option<String>, Header, nullable = false, description = "Binary mode (required there): where the event happened."),
+        ("ce-type" = Option<String>, Header, nullable = false, example = "google.cloud.storage.object.v1.finalized",
+            description = "Binary mode (required there): the event type, which `EVENT_ROUTES` maps to a job."),
+        ("ce-specversion" = Option<SpecVersion>, Header, nullable = false, description = "Binary mode (required there): `1.0`."),
+        ("ce-subject" = Option<String>, Header, nullable = false, description = "Binary mode: the subject, when the event has one."),
+        ("ce-time" = Option<String>, Header, nullable = false, description = "Binary mode: when it happened (RFC 3339)."),
+    ),
+    request_body(
+        description = "Binary mode: the `ce-*` headers carry the context and the body is the event's data (JSON). Structured mode: `Content-Type: application/cloudevents+json` and the event as one JSON object. Batches are refused (415).",
+        content(
+            (serde_json::Value = "application/json"),
+            (StructuredEvent = "application/cloudevents+json"),
+        ),
+    ),
+    security(("google_oidc" = [])),
+    responses(
+        (status = 204, description = "Acknowledged: the job ran and succeeded, the event was a duplicate of one done, or it failed for good and was dead-lettered (`DEAD_LETTER_TOPIC`)."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+        (status = 504, response = GatewayTimeout),
+    ),
+)]
 async fn receive(
     State(state): State<AppState>,
     CanPush(principal): CanPush,

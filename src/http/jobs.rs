@@ -3,23 +3,29 @@
 //! Cloud Scheduler / Cloud Tasks (allowed service accounts).
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
     AppState, Error, dispatch_status,
+    error::retry_after,
     extract::{Authenticated, CanTrigger},
+    openapi::responses::{
+        BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RunPanicked, RunTimedOut,
+        RunUnavailable, RunUnprocessable, Unauthorized, Unavailable,
+    },
 };
 use crate::{
     auth::Principal,
-    jobs::{DispatchError, RunSource},
+    jobs::{DispatchError, JobInfo, RunSource},
     runner::{Outcome, RunRequest},
     runs::{DedupKey, RunRecord, RunStatus},
 };
@@ -27,19 +33,90 @@ use crate::{
 /// The header that makes a trigger idempotent.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs", get(list))
-        .route("/jobs/{name}", post(trigger))
+/// The path of the trigger, whose documented operation is the template of
+/// each job's own (see [`super::openapi`]).
+pub(super) const TRIGGER_PATH: &str = "/jobs/{name}";
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(trigger))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::pubsub::MAX_BODY_BYTES,
         ))
 }
 
+/// `GET /jobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct JobList {
+    /// The jobs, sorted by name.
+    jobs: Vec<JobInfo>,
+}
+
+/// A run's answer to `POST /jobs/{name}`: its output, or on a repeat of an
+/// `Idempotency-Key`, the first run's.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunResult {
+    /// The run (the first run's, on a repeat).
+    run_id: Uuid,
+    /// The job.
+    job: String,
+    /// `succeeded`; on a repeat, the first run's status (`dead_lettered`
+    /// is done too).
+    status: RunStatus,
+    /// What the job returned; `null` on a repeat whose record no longer
+    /// holds it.
+    #[schema(value_type = Option<serde_json::Value>)]
+    output: Option<serde_json::Value>,
+    /// How long the job took.
+    duration_ms: Option<u64>,
+    /// On a repeat: the output was left out of the record for its size.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(value_type = Option<bool>)]
+    output_truncated: bool,
+}
+
+/// A run of `POST /jobs/{name}` whose job failed: recorded, and answered
+/// with the status of its failure.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunFailure {
+    /// The run.
+    run_id: Uuid,
+    /// The job.
+    job: String,
+    /// `failed_permanent`, `failed_transient`, `timed_out` or `panicked`.
+    #[schema(example = "failed_permanent")]
+    status: &'static str,
+    /// The failure's kind (`job_failed_permanent`, `job_failed_transient`,
+    /// `job_timeout`, `job_panicked`).
+    error: &'static str,
+    /// The job's own message on a permanent failure; a fixed text otherwise.
+    message: String,
+    /// How long the job took.
+    duration_ms: u64,
+}
+
 /// The jobs, with their descriptions and payload schemas.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    operation_id = "list_jobs",
+    security(("clerk_session" = []), ("google_oidc" = [])),
+    responses(
+        (status = 200, description = "Every job, with its description and the JSON Schema of its payload (and of its output, when it declares one).", body = JobList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(principal = %principal.kind()))]
 async fn list(State(state): State<AppState>, Authenticated(principal): Authenticated) -> Response {
-    Json(json!({ "jobs": state.jobs.list() })).into_response()
+    Json(JobList {
+        jobs: state.jobs.list(),
+    })
+    .into_response()
 }
 
 /// Maps a body rejection to our error (413 for an oversized body).
@@ -96,33 +173,31 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
 /// The first run's answer to a repeat of its `Idempotency-Key`, with
 /// `Idempotent-Replayed: true`: the same status and body as it got.
 fn replay(job: &str, original_run_id: Uuid, original: Option<&RunRecord>) -> Response {
-    let (status, body) = match original {
-        Some(run) if run.status == RunStatus::Succeeded => {
-            let mut body = json!({
-                "run_id": run.run_id,
-                "job": run.job,
-                "status": "succeeded",
-                "output": run.output,
-                "duration_ms": run.duration_ms,
-            });
-            if run.output_truncated {
-                body["output_truncated"] = json!(true);
-            }
-            (StatusCode::OK, body)
-        }
+    let body = match original {
+        Some(run) if run.status == RunStatus::Succeeded => RunResult {
+            run_id: run.run_id,
+            job: run.job.clone(),
+            status: RunStatus::Succeeded,
+            output: run
+                .output
+                .as_ref()
+                .and_then(|o| serde_json::to_value(o).ok()),
+            duration_ms: run.duration_ms,
+            output_truncated: run.output_truncated,
+        },
         // Dead-lettered, or the record was pruned while its key was kept.
-        other => (
-            StatusCode::OK,
-            json!({
-                "run_id": original_run_id,
-                "job": job,
-                "status": other.map_or("succeeded", |r| r.status.as_str()),
-                "output": other.and_then(|r| r.output.clone()),
-                "duration_ms": other.and_then(|r| r.duration_ms),
-            }),
-        ),
+        other => RunResult {
+            run_id: original_run_id,
+            job: job.to_owned(),
+            status: other.map_or(RunStatus::Succeeded, |r| r.status),
+            output: other
+                .and_then(|r| r.output.as_ref())
+                .and_then(|o| serde_json::to_value(o).ok()),
+            duration_ms: other.and_then(|r| r.duration_ms),
+            output_truncated: false,
+        },
     };
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -136,6 +211,41 @@ fn replay(job: &str, original_run_id: Uuid, original: Option<&RunRecord>) -> Res
 ///
 /// Its fields go on the request's span (see `trace_request` in
 /// [`crate::http`]): a run that succeeds logs one line, the request line.
+///
+/// The document gives this operation once per registered job, as `POST
+/// /jobs/<job>` with that job's payload and output schemas.
+#[utoipa::path(
+    post,
+    path = "/jobs/{name}",
+    tag = "jobs",
+    operation_id = "trigger",
+    summary = "Run a job",
+    description = "Runs the job with the request body as payload and answers once it has finished, with its output. People need `TRIGGER_PERMISSION` (or a `TRIGGER_ROLES` role); allowed service accounts (Cloud Scheduler, Cloud Tasks) may too. With an `Idempotency-Key`, a repeat answers the first run's result without running again (409 while it runs); a failed run's key may run again.",
+    params(
+        ("name" = String, Path, description = "The job."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "Makes the trigger idempotent, per job and caller: a repeat answers the first run's result (with `Idempotent-Replayed: true`) without running again, or 409 while it runs. 1 to 255 visible ASCII characters (a UUID is a good key)."),
+        ("X-CloudTasks-TaskRetryCount" = Option<u32>, Header, nullable = false,
+            description = "Sent by Cloud Tasks: the retry count, recorded as the attempt (one more)."),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "The job's payload (an empty body is `{}`)."),
+    security(("clerk_session" = []), ("google_oidc" = [])),
+    responses(
+        (status = 200, description = "The job ran and succeeded (or, on a repeat of an `Idempotency-Key`, the first run's result).", body = RunResult,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a repeat of an `Idempotency-Key`: the first run's answer, not run again."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = RunUnprocessable),
+        (status = 500, response = RunPanicked),
+        (status = 503, response = RunUnavailable),
+        (status = 504, response = RunTimedOut),
+    ),
+)]
 async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -226,13 +336,14 @@ async fn trigger(
     match result {
         Ok(output) => {
             let output = output.to_value().map_err(|e| Error::Internal(e.into()))?;
-            Ok(Json(json!({
-                "run_id": run_id,
-                "job": name,
-                "status": "succeeded",
-                "output": output,
-                "duration_ms": duration_ms,
-            }))
+            Ok(Json(RunResult {
+                run_id,
+                job: name,
+                status: RunStatus::Succeeded,
+                output: Some(output),
+                duration_ms: Some(duration_ms),
+                output_truncated: false,
+            })
             .into_response())
         }
         // The payload did not fit the job (recorded `failed_permanent`):
@@ -258,18 +369,24 @@ async fn trigger(
             } else {
                 tracing::info!(error = %e, duration_ms, "job failed permanently");
             }
-            Ok((
+            let mut response = (
                 status,
-                Json(json!({
-                    "run_id": run_id,
-                    "job": name,
-                    "status": run_status,
-                    "error": e.kind(),
-                    "message": message,
-                    "duration_ms": duration_ms,
-                })),
+                Json(RunFailure {
+                    run_id,
+                    job: name,
+                    status: run_status,
+                    error: e.kind(),
+                    message,
+                    duration_ms,
+                }),
             )
-                .into_response())
+                .into_response();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after());
+            }
+            Ok(response)
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
 //! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |
+//! | `GET /openapi.json`, `GET /docs` (+ assets) | anyone (`OPENAPI_ENABLED`) | the OpenAPI 3.1 document, and Swagger UI over it ([`openapi`]) |
 //!
 //! With `CORS_ALLOWED_ORIGINS` set, a CORS layer wraps every route so that an
 //! admin page hosted on another origin can call the API.
@@ -26,26 +27,46 @@ mod events;
 pub mod extract;
 mod health;
 mod jobs;
+pub mod openapi;
 mod push;
 mod runs;
 mod state;
 mod whoami;
 
 use axum::Router;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
-pub use error::{Error, dispatch_status};
+pub use error::{Error, ErrorBody, dispatch_status};
 pub use state::AppState;
 
-/// The application's router over `state`.
-pub fn router(state: AppState) -> Router {
-    let cors = cors::cors_layer(&state.config);
-    let app = Router::new()
+use crate::jobs::JobRegistry;
+
+/// The API's routes, each with its part of the document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::router())
         .merge(whoami::router())
         .merge(jobs::router())
         .merge(push::router())
         .merge(events::router())
         .merge(runs::router())
+}
+
+/// The OpenAPI document of the API serving `jobs` (see [`openapi`]).
+pub fn document(jobs: &JobRegistry) -> Result<utoipa::openapi::OpenApi, openapi::BridgeError> {
+    let (_, doc) = api().split_for_parts();
+    openapi::finish(doc, jobs)
+}
+
+/// The application's router over `state`. Fails only if a job's schema
+/// cannot be carried into the API document (see [`openapi::bridge`]).
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let cors = cors::cors_layer(&state.config);
+    let (api, doc) = api().split_for_parts();
+    let doc = openapi::finish(doc, &state.jobs)?;
+    let app = api
+        .merge(openapi::router(&doc, &state.config)?)
         .merge(admin::router(&state.config))
         .fallback(no_route)
         .layer(axum::middleware::from_fn(trace_request));
@@ -56,19 +77,20 @@ pub fn router(state: AppState) -> Router {
     };
     // On every answer, preflights and errors included: error bodies echo
     // what the client sent, and must never be sniffed into HTML.
-    app.layer(
-        tower_http::set_header::SetResponseHeaderLayer::if_not_present(
-            axum::http::header::X_CONTENT_TYPE_OPTIONS,
-            axum::http::HeaderValue::from_static("nosniff"),
-        ),
-    )
-    .with_state(state)
+    Ok(app
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            ),
+        )
+        .with_state(state))
 }
 
 /// An unknown path: 404 with the JSON error body every other error has.
 async fn no_route() -> Error {
     Error::NotFound(
-        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /events, /runs and /admin)"
+        "no such route (the API serves /healthz, /readyz, /auth/whoami, /jobs, /pubsub/push, /events, /runs, /admin, /openapi.json and /docs)"
             .to_owned(),
     )
 }

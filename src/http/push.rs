@@ -39,15 +39,25 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use axum::{
-    Router,
     body::Bytes,
     extract::{FromRequest, Path, Request, State},
     http::{HeaderMap, StatusCode},
-    routing::post,
 };
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, Error, content_length, extract::CanPush, jobs::payload_or_empty_object};
+use super::{
+    AppState, Error, content_length,
+    extract::CanPush,
+    jobs::payload_or_empty_object,
+    openapi::responses::{
+        BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, PayloadTooLarge,
+        Unauthorized, Unavailable, Unprocessable,
+    },
+};
 use crate::{
     auth::Principal,
     events::EventContext,
@@ -59,13 +69,93 @@ use crate::{
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/pubsub/push", post(push_by_attribute))
-        .route("/pubsub/push/{job}", post(push_to_job))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(push_by_attribute))
+        .routes(routes!(push_to_job))
+}
+
+/// A wrapped push delivery, as Pub/Sub POSTs it: the document's description
+/// of what [`pubsub::parse_wrapped`] reads (a test checks that the envelope
+/// Pub/Sub sends fits it). Unwrapped (`no_wrapper`) deliveries send the raw
+/// data instead, with the metadata in `x-goog-pubsub-*` headers.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "message": {
+        "data": "eyJtZXNzYWdlIjoiaGVsbG8ifQ==",
+        "attributes": { "job": "echo" },
+        "messageId": "2070443601311540",
+        "message_id": "2070443601311540",
+        "publishTime": "2026-11-28T10:00:00.123Z",
+        "publish_time": "2026-11-28T10:00:00.123Z",
+    },
+    "subscription": "projects/acme-prod/subscriptions/work-push",
+})))]
+// Described, never built: the parser borrows from the body instead.
+#[allow(dead_code)]
+pub(super) struct PushEnvelope {
+    /// The message.
+    message: PubsubMessage,
+    /// `projects/P/subscriptions/S`: with the message id, the key that makes
+    /// a redelivery run once.
+    subscription: Option<String>,
+    /// The delivery attempt (1 on the first), with a dead-letter policy.
+    #[serde(rename = "deliveryAttempt")]
+    #[schema(minimum = 1)]
+    delivery_attempt: Option<u32>,
+}
+
+/// A Pub/Sub message in a wrapped push.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct PubsubMessage {
+    /// The data, base64 (standard alphabet, padding optional): the job's
+    /// JSON payload. Absent or empty means `{}`.
+    #[schema(content_encoding = "base64")]
+    data: Option<String>,
+    /// The attributes; `job` (`JOB_ATTRIBUTE`) names the job on
+    /// `/pubsub/push`.
+    attributes: Option<BTreeMap<String, String>>,
+    /// The message id (Pub/Sub sends it in both casings; either will do).
+    #[serde(rename = "messageId")]
+    message_id: String,
+    /// The message id again, as Pub/Sub also sends it.
+    #[serde(rename = "message_id")]
+    message_id_snake: Option<String>,
+    /// When it was published (RFC 3339).
+    #[serde(rename = "publishTime")]
+    publish_time: Option<String>,
+    /// The same, as Pub/Sub also sends it.
+    #[serde(rename = "publish_time")]
+    publish_time_snake: Option<String>,
+    /// The ordering key, if any.
+    #[serde(rename = "orderingKey")]
+    ordering_key: Option<String>,
 }
 
 /// A push whose job is named by the message attribute (`JOB_ATTRIBUTE`).
+#[utoipa::path(
+    post,
+    path = "/pubsub/push",
+    tag = "pubsub",
+    operation_id = "push",
+    request_body(content = PushEnvelope, content_type = "application/json",
+        description = "A wrapped push delivery. The `Content-Type` is not relied on (the emulator sends another)."),
+    security(("google_oidc" = [])),
+    responses(
+        (status = 204, description = "Acknowledged: the job ran and succeeded, the message was a duplicate of one done, or it failed for good and was dead-lettered (`DEAD_LETTER_TOPIC`)."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+        (status = 504, response = GatewayTimeout),
+    ),
+)]
 async fn push_by_attribute(
     State(state): State<AppState>,
     CanPush(principal): CanPush,
@@ -75,6 +165,29 @@ async fn push_by_attribute(
 }
 
 /// A push to a subscription that carries one job type.
+#[utoipa::path(
+    post,
+    path = "/pubsub/push/{job}",
+    tag = "pubsub",
+    operation_id = "push_to_job",
+    params(("job" = String, Path, example = "echo", description = "The job every message of this subscription runs.")),
+    request_body(content = PushEnvelope, content_type = "application/json",
+        description = "A wrapped push delivery. The `Content-Type` is not relied on (the emulator sends another)."),
+    security(("google_oidc" = [])),
+    responses(
+        (status = 204, description = "Acknowledged: the job ran and succeeded, the message was a duplicate of one done, or it failed for good and was dead-lettered (`DEAD_LETTER_TOPIC`)."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+        (status = 504, response = GatewayTimeout),
+    ),
+)]
 async fn push_to_job(
     State(state): State<AppState>,
     Path(job): Path<String>,

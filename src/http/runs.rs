@@ -9,14 +9,19 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, Query, State, rejection::QueryRejection},
-    routing::get,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{AppState, Error, extract::CanViewRuns};
+use super::{
+    AppState, Error,
+    extract::CanViewRuns,
+    openapi::responses::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable},
+};
 use crate::{
     jobs::RunSource,
     runs::{RunQuery, RunRecord, RunStatus},
@@ -27,10 +32,19 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// Largest page size.
 pub const MAX_LIMIT: usize = 200;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs", get(list))
-        .route("/runs/{id}", get(one))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+}
+
+/// A page of runs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunPage {
+    /// The runs.
+    runs: Vec<RunRecord>,
+    /// Pass it back as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
 }
 
 fn invalid(message: String) -> Error {
@@ -101,23 +115,60 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
 }
 
 /// Runs, newest first, filtered and paginated.
+#[utoipa::path(
+    get,
+    path = "/runs",
+    tag = "runs",
+    operation_id = "list_runs",
+    params(
+        ("job" = Option<String>, Query, max_length = 200, description = "Only runs of this job."),
+        ("status" = Option<RunStatus>, Query, description = "Only runs with this status."),
+        ("source" = Option<RunSource>, Query, description = "Only runs from this source."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before, as it was returned."),
+    ),
+    security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "A page of runs, newest first.", body = RunPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(principal = %principal.kind()))]
 async fn list(
     State(state): State<AppState>,
     CanViewRuns(principal): CanViewRuns,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<RunPage>, Error> {
     let Query(params) =
         params.map_err(|_| invalid("the query string could not be decoded".to_owned()))?;
     let query = parse_query(&params)?;
     let page = state.runs.list(query).await?;
-    Ok(Json(json!({
-        "runs": page.runs,
-        "next_cursor": page.next.map(|id| id.simple().to_string()),
-    })))
+    Ok(Json(RunPage {
+        runs: page.runs,
+        next_cursor: page.next.map(|id| id.simple().to_string()),
+    }))
 }
 
 /// One run.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    tag = "runs",
+    operation_id = "get_run",
+    params(("id" = Uuid, Path, description = "The run's id (`run_id`).")),
+    security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "The run.", body = RunRecord),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(principal = %principal.kind(), run_id = %id))]
 async fn one(
     State(state): State<AppState>,

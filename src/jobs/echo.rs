@@ -26,6 +26,10 @@ impl Job for Echo {
     type Payload = EchoPayload;
     type Output = EchoPayload;
 
+    fn output_schema() -> Option<schemars::Schema> {
+        Some(schemars::schema_for!(EchoPayload))
+    }
+
     // Debug level: echo logs nothing of its own, and the request's span
     // already carries the run id; a span per push costs for nothing.
     #[tracing::instrument(name = "job.echo", level = "debug", skip_all, fields(run_id = %ctx.run_id))]

@@ -82,6 +82,13 @@ pub trait Job: Send + Sync + 'static {
     /// What a successful run returns (shown to manual callers).
     type Output: Serialize + Send + 'static;
 
+    /// The JSON Schema of [`Job::Output`], when the job declares one: the
+    /// API document gives it as the answer of `POST /jobs/{name}`, and
+    /// `GET /jobs` lists it. Usually `Some(schemars::schema_for!(MyOutput))`.
+    fn output_schema() -> Option<schemars::Schema> {
+        None
+    }
+
     /// Runs the job.
     fn run(
         &self,
@@ -161,6 +168,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 trait ErasedJob: Send + Sync {
     fn description(&self) -> &'static str;
     fn schema(&self) -> serde_json::Value;
+    fn output_schema(&self) -> Option<serde_json::Value>;
     fn start(
         &self,
         payload: &[u8],
@@ -257,6 +265,10 @@ impl<J: Job> ErasedJob for Erased<J> {
         serde_json::to_value(schemars::schema_for!(J::Payload)).unwrap_or(serde_json::Value::Null)
     }
 
+    fn output_schema(&self) -> Option<serde_json::Value> {
+        J::output_schema().and_then(|schema| serde_json::to_value(schema).ok())
+    }
+
     fn start(
         &self,
         payload: &[u8],
@@ -272,7 +284,7 @@ impl<J: Job> ErasedJob for Erased<J> {
 }
 
 /// A job's public description (`GET /jobs`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     /// The job's name.
     pub name: &'static str,
@@ -280,6 +292,9 @@ pub struct JobInfo {
     pub description: &'static str,
     /// JSON Schema of its payload.
     pub payload_schema: serde_json::Value,
+    /// JSON Schema of its output, when it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// The jobs by name.
@@ -363,6 +378,7 @@ impl JobRegistry {
                 name,
                 description: job.description(),
                 payload_schema: job.schema(),
+                output_schema: job.output_schema(),
             })
             .collect()
     }

@@ -105,7 +105,7 @@ pub struct StorageObjectData {
 }
 
 /// What a run answers: the object, and the event that named it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
 pub struct StorageObjectOutput {
     /// `gs://bucket/name`.
     pub object: String,
@@ -133,6 +133,10 @@ impl Job for StorageObject {
         "Example event job: answers a Cloud Storage object event with the object it names.";
     type Payload = StorageObjectData;
     type Output = StorageObjectOutput;
+
+    fn output_schema() -> Option<schemars::Schema> {
+        Some(schemars::schema_for!(StorageObjectOutput))
+    }
 
     async fn run(
         &self,

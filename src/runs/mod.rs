@@ -49,7 +49,7 @@ use uuid::Uuid;
 use crate::principal::Principal;
 
 /// Where a run came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunSource {
     /// A Pub/Sub push delivery.
@@ -82,7 +82,7 @@ impl RunSource {
 }
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The job is running (or its instance died and the lease will tell).
@@ -176,7 +176,7 @@ impl ClaimState {
 }
 
 /// Who asked for a run, as recorded: a kind and an id, never a token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub struct RunPrincipal {
     /// `google` or `clerk`.
     pub kind: String,
@@ -267,7 +267,7 @@ pub fn message_digest(job: &str, data: &[u8]) -> PayloadDigest {
 }
 
 /// One run, as recorded and as `GET /runs` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// The run's id (UUIDv7: ordered by time).
     pub run_id: Uuid,
@@ -293,8 +293,10 @@ pub struct RunRecord {
     /// Delivery attempt (1 on the first).
     pub attempt: u32,
     /// `sha256:<hex>` of the payload bytes, whatever their size.
+    #[schema(value_type = String, pattern = "^sha256:[0-9a-f]{64}$")]
     pub payload_digest: PayloadDigest,
     /// The payload, when it is JSON and within `RUN_PAYLOAD_CAP_BYTES`.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<JsonText>,
     /// Whether the payload was left out for its size.
     pub payload_truncated: bool,
@@ -314,6 +316,7 @@ pub struct RunRecord {
     /// `invalid_payload`, `run_in_progress`, …).
     pub error_kind: Option<String>,
     /// The job's output, when within `RUN_OUTPUT_CAP_BYTES`.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<JsonText>,
     /// Whether the output was left out for its size.
     pub output_truncated: bool,

@@ -423,7 +423,7 @@ async fn dev_sign_in_refuses_peers_off_loopback() {
     })
     .await
     .unwrap();
-    let router = pushworker::http::router(built.state().clone());
+    let router = pushworker::http::router(built.state().clone()).unwrap();
     let request = |peer: SocketAddr| {
         Request::builder()
             .method("POST")

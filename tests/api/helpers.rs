@@ -398,6 +398,11 @@ pub struct Options {
     pub webhook_max_response_bytes: u64,
     /// `EVENT_ROUTES`.
     pub event_routes: String,
+    /// `OPENAPI_ENABLED`.
+    pub openapi_enabled: bool,
+    /// Only the built-in jobs, without the test jobs (some of which fail
+    /// on purpose): the registry `pushworker serve` has.
+    pub builtin_jobs_only: bool,
 }
 
 /// The routes of the tests' events: Cloud Storage to `storage-object`,
@@ -432,6 +437,8 @@ impl Default for Options {
             webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
             webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
             event_routes: TEST_EVENT_ROUTES.to_owned(),
+            openapi_enabled: true,
+            builtin_jobs_only: false,
         }
     }
 }
@@ -515,6 +522,7 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         },
         shutdown_grace: Duration::from_secs(2),
         http: options.http.clone(),
+        openapi_enabled: options.openapi_enabled,
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
@@ -526,20 +534,25 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
     let record = Record::default();
     let seen = Arc::clone(&record.0);
     let http = reqwest::Client::new();
-    let jobs = JobRegistry::builtin(&JobDeps {
+    let builtin = JobRegistry::builtin(&JobDeps {
         http,
         webhook: webhook_config(&options),
     })
-    .expect("built-in jobs")
-    .register(FlakyOnce {
-        attempts: Arc::default(),
-        record: record.clone(),
-    })
-    .register(record)
-    .register(Flaky)
-    .register(Reject)
-    .register(Explode)
-    .register(Count(Arc::clone(&options.counter)));
+    .expect("built-in jobs");
+    let jobs = if options.builtin_jobs_only {
+        builtin
+    } else {
+        builtin
+            .register(FlakyOnce {
+                attempts: Arc::default(),
+                record: record.clone(),
+            })
+            .register(record)
+            .register(Flaky)
+            .register(Reject)
+            .register(Explode)
+            .register(Count(Arc::clone(&options.counter)))
+    };
     let app = Application::build_with_jobs(config(&keys, &options), Some(jobs))
         .await
         .expect("build app");
@@ -1042,5 +1055,31 @@ impl Drop for DevWorker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A program of the Python test tools' virtualenv (`PUSHWORKER_TEST_VENV`,
+/// default `.venv`, made by `scripts/test-prereqs.sh venv`).
+pub fn venv_program(name: &str) -> std::path::PathBuf {
+    let venv = std::env::var_os("PUSHWORKER_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let program = venv.join("bin").join(name);
+    assert!(
+        program.exists(),
+        "no {name} in the Python virtualenv {}: run `scripts/test-prereqs.sh venv` (make test does)",
+        venv.display()
+    );
+    program
+}
+
+impl TestApp {
+    /// `GET {path}` with no token.
+    pub async fn get_public(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
     }
 }

@@ -16,6 +16,7 @@ mod keys;
 mod ledger;
 mod lifecycle;
 mod logs;
+mod openapi;
 mod push;
 mod reliability;
 mod runs;
