@@ -398,6 +398,8 @@ pub struct Options {
     pub webhook_max_response_bytes: u64,
     /// `EVENT_ROUTES`.
     pub event_routes: String,
+    /// `METRICS_ADDR` (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The routes of the tests' events: Cloud Storage to `storage-object`,
@@ -432,6 +434,7 @@ impl Default for Options {
             webhook_allowed_hosts: vec!["127.0.0.1".to_owned()],
             webhook_max_response_bytes: webhook::settings::DEFAULT_MAX_RESPONSE_BYTES,
             event_routes: TEST_EVENT_ROUTES.to_owned(),
+            metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }
@@ -454,6 +457,8 @@ pub struct TestApp {
     pub runs: Arc<dyn RunStore>,
     /// Runs of the `count` job.
     pub counter: Arc<AtomicUsize>,
+    /// `http://127.0.0.1:PORT` of the metrics listener, unless off.
+    pub metrics_base: Option<String>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -515,6 +520,9 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         },
         shutdown_grace: Duration::from_secs(2),
         http: options.http.clone(),
+        metrics: pushworker::telemetry::metrics::MetricsConfig {
+            addr: options.metrics_addr,
+        },
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
@@ -544,6 +552,7 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
         .await
         .expect("build app");
     let port = app.port();
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let runs = Arc::clone(&app.state().runs);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
@@ -560,6 +569,7 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
         seen,
         runs,
         counter: Arc::clone(&options.counter),
+        metrics_base,
         _shutdown: tx,
     }
 }
@@ -1018,6 +1028,8 @@ impl DevWorker {
             .arg(dir)
             .env_clear()
             .env("PORT", port.to_string())
+            // Workers run side by side: each takes a free metrics port.
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .stdout(output())
             .stderr(output());
         for (k, v) in env {
