@@ -16,6 +16,7 @@ mod keys;
 mod ledger;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod push;
 mod reliability;
 mod runs;
