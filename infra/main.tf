@@ -6,7 +6,9 @@
 # worker is told to accept (GOOGLE_AUDIENCES, GOOGLE_SERVICE_ACCOUNTS).
 # tests/terraform.rs checks that consistency. An optional Eventarc trigger
 # (eventarc_enabled, off by default) sends a bucket's object finalize events
-# to /events as CloudEvents, with a token of its own service account.
+# to /events as CloudEvents, with a token of its own service account. An
+# optional Managed Service for Prometheus sidecar (metrics_sidecar_enabled,
+# off by default) scrapes the worker's /metrics over localhost.
 
 locals {
   # The one audience of every Google token the worker accepts. It feeds both
@@ -24,6 +26,33 @@ locals {
   service_url = "https://${var.service_name}-${data.google_project.this.number}.${var.region}.run.app"
 
   eventarc_count = var.eventarc_enabled ? 1 : 0
+
+  # The worker serves /metrics on loopback only, never on the public port:
+  # the sidecar shares the instance's network and scrapes it there. With the
+  # sidecar off nobody would scrape, so the worker records nothing.
+  metrics_sidecar_count = var.metrics_sidecar_enabled ? 1 : 0
+  metrics_port          = 9464
+  metrics_addr          = var.metrics_sidecar_enabled ? "127.0.0.1:${local.metrics_port}" : "off"
+
+  # Pinned: a new sidecar release is a reviewed change, not a surprise on the
+  # next deploy.
+  gmp_sidecar_image = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.9.2"
+
+  # The sidecar's RunMonitoring configuration, which it reads from
+  # /etc/rungmp/config.yaml. Without it the sidecar scrapes port 8080 (the
+  # public port), where /metrics is a 404.
+  gmp_config = yamlencode({
+    apiVersion = "monitoring.googleapis.com/v1beta"
+    kind       = "RunMonitoring"
+    metadata   = { name = var.service_name }
+    spec = {
+      endpoints = [{
+        port     = local.metrics_port
+        path     = "/metrics"
+        interval = var.metrics_scrape_interval
+      }]
+    }
+  })
 }
 
 data "google_project" "this" {
@@ -35,6 +64,7 @@ resource "google_project_service" "apis" {
     ["run.googleapis.com", "pubsub.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com"],
     var.database_url_secret == null ? [] : ["secretmanager.googleapis.com"],
     var.eventarc_enabled ? ["eventarc.googleapis.com"] : [],
+    var.metrics_sidecar_enabled ? ["monitoring.googleapis.com", "secretmanager.googleapis.com"] : [],
   ))
 
   project            = var.project_id
@@ -101,6 +131,8 @@ resource "google_cloud_run_v2_service" "pushworker" {
     }
 
     containers {
+      # Named so that the metrics sidecar can wait for it.
+      name  = "pushworker"
       image = var.image
 
       ports {
@@ -147,6 +179,10 @@ resource "google_cloud_run_v2_service" "pushworker" {
         name  = "DEAD_LETTER_TOPIC"
         value = google_pubsub_topic.dead_letter.id
       }
+      env {
+        name  = "METRICS_ADDR"
+        value = local.metrics_addr
+      }
 
       # Clerk is optional: without a publishable key the worker serves Google
       # callers only.
@@ -178,6 +214,39 @@ resource "google_cloud_run_v2_service" "pushworker" {
         }
       }
     }
+
+    # Managed Service for Prometheus: starts once the worker is healthy
+    # (its startup probe), scrapes /metrics on localhost and writes to Cloud
+    # Monitoring as the runtime service account.
+    dynamic "containers" {
+      for_each = local.metrics_sidecar_count == 1 ? [local.gmp_sidecar_image] : []
+      content {
+        name       = "gmp-sidecar"
+        image      = containers.value
+        depends_on = ["pushworker"]
+
+        volume_mounts {
+          name       = "gmp-config"
+          mount_path = "/etc/rungmp"
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = local.metrics_sidecar_count == 1 ? ["gmp-config"] : []
+      content {
+        name = volumes.value
+        secret {
+          secret = google_secret_manager_secret.gmp_config[0].secret_id
+          items {
+            # The version itself, not "latest": a changed configuration is
+            # then a new revision, which instances pick up.
+            version = google_secret_manager_secret_version.gmp_config[0].version
+            path    = "config.yaml"
+          }
+        }
+      }
+    }
   }
 
   lifecycle {
@@ -190,6 +259,8 @@ resource "google_cloud_run_v2_service" "pushworker" {
   depends_on = [
     google_project_service.apis,
     google_secret_manager_secret_iam_member.runtime_reads_database_url,
+    google_secret_manager_secret_iam_member.runtime_reads_gmp_config,
+    google_project_iam_member.runtime_writes_metrics,
   ]
 }
 
@@ -217,6 +288,49 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_database_url" 
   secret_id = var.database_url_secret
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.runtime.member
+
+  depends_on = [google_project_service.apis]
+}
+
+# --- Metrics (optional) --------------------------------------------------------
+
+resource "google_secret_manager_secret" "gmp_config" {
+  count = local.metrics_sidecar_count
+
+  project   = var.project_id
+  secret_id = "${var.service_name}-gmp-config"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "gmp_config" {
+  count = local.metrics_sidecar_count
+
+  secret      = google_secret_manager_secret.gmp_config[0].id
+  secret_data = local.gmp_config
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads_gmp_config" {
+  count = local.metrics_sidecar_count
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.gmp_config[0].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.runtime.member
+}
+
+# The sidecar writes the scraped series to Cloud Monitoring as the runtime
+# service account.
+resource "google_project_iam_member" "runtime_writes_metrics" {
+  count = local.metrics_sidecar_count
+
+  project = var.project_id
+  role    = "roles/monitoring.metricWriter"
+  member  = google_service_account.runtime.member
 
   depends_on = [google_project_service.apis]
 }

@@ -142,3 +142,15 @@ variable "eventarc_location" {
   type        = string
   default     = null
 }
+
+variable "metrics_sidecar_enabled" {
+  description = "Run Google Cloud Managed Service for Prometheus's sidecar beside the worker: it scrapes the worker's /metrics on localhost (METRICS_ADDR) and writes them to Cloud Monitoring. Off: the worker records no metrics (METRICS_ADDR=off)."
+  type        = bool
+  default     = false
+}
+
+variable "metrics_scrape_interval" {
+  description = "How often the sidecar scrapes /metrics (with metrics_sidecar_enabled)."
+  type        = string
+  default     = "30s"
+}

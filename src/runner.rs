@@ -12,7 +12,13 @@
 //! crash).
 
 use axum::body::Bytes;
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use ::metrics::{Counter, Gauge, Histogram};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -27,6 +33,7 @@ use crate::{
         Claim, DedupKey, Finish, JsonText, NewRun, PayloadDigest, RunPrincipal, RunRecord,
         RunSource, RunStatus, RunStore, StoreError, digest, now_micros, truncate,
     },
+    telemetry::metrics::{Metrics, OTHER, names},
 };
 
 /// Longest error text kept in a record.
@@ -214,6 +221,152 @@ async fn finish_with_retry(
     }
 }
 
+/// Every source, in the order of [`source_index`].
+const SOURCES: [RunSource; 4] = [
+    RunSource::Push,
+    RunSource::Manual,
+    RunSource::Service,
+    RunSource::Event,
+];
+
+fn source_index(source: RunSource) -> usize {
+    match source {
+        RunSource::Push => 0,
+        RunSource::Manual => 1,
+        RunSource::Service => 2,
+        RunSource::Event => 3,
+    }
+}
+
+fn status_index(status: RunStatus) -> usize {
+    RunStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+/// One job's series, each registered on its first use: a job that never
+/// runs from a source exports nothing for it.
+#[derive(Debug)]
+struct JobSeries {
+    name: &'static str,
+    in_flight: OnceLock<Gauge>,
+    /// By source.
+    duration: [OnceLock<Histogram>; SOURCES.len()],
+    /// By source, then status.
+    runs: Vec<OnceLock<Counter>>,
+}
+
+impl JobSeries {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            in_flight: OnceLock::new(),
+            duration: Default::default(),
+            runs: (0..SOURCES.len() * RunStatus::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+}
+
+/// The runner's metrics: `pushworker_runs_total{job_name, source, status}`,
+/// `pushworker_run_duration_seconds{job_name, source}` and
+/// `pushworker_runs_in_flight{job_name}`, for the registry's jobs (any other
+/// name is counted as [`OTHER`]). Empty when metrics are off.
+#[derive(Debug, Default)]
+pub struct RunMetrics {
+    metrics: Metrics,
+    jobs: HashMap<&'static str, JobSeries>,
+    other: Option<JobSeries>,
+}
+
+impl RunMetrics {
+    /// The series of `jobs`' jobs over `metrics`.
+    pub fn new(metrics: &Metrics, jobs: &JobRegistry) -> Self {
+        if !metrics.is_enabled() {
+            return Self::default();
+        }
+        Self {
+            metrics: metrics.clone(),
+            jobs: jobs
+                .list()
+                .iter()
+                .map(|j| (j.name, JobSeries::new(j.name)))
+                .collect(),
+            other: Some(JobSeries::new(OTHER)),
+        }
+    }
+
+    fn job(&self, name: &str) -> Option<&JobSeries> {
+        self.jobs.get(name).or(self.other.as_ref())
+    }
+
+    /// Counts a run of `job` from `source` that ended `status`.
+    fn count(&self, job: &str, source: RunSource, status: RunStatus) {
+        let Some(series) = self.job(job) else {
+            return;
+        };
+        let slot = source_index(source) * RunStatus::ALL.len() + status_index(status);
+        series.runs[slot]
+            .get_or_init(|| {
+                self.metrics.counter(
+                    names::RUNS,
+                    &[
+                        ("job_name", series.name),
+                        ("source", source.as_str()),
+                        ("status", status.as_str()),
+                    ],
+                )
+            })
+            .increment(1);
+    }
+
+    /// Records how long a run of `job` from `source` ran.
+    fn duration(&self, job: &str, source: RunSource, elapsed: Duration) {
+        let Some(series) = self.job(job) else {
+            return;
+        };
+        series.duration[source_index(source)]
+            .get_or_init(|| {
+                self.metrics.histogram(
+                    names::RUN_DURATION,
+                    &[("job_name", series.name), ("source", source.as_str())],
+                )
+            })
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts `job` as running until the guard is dropped.
+    fn running(&self, job: &str) -> InFlight {
+        let gauge = self.job(job).map(|series| {
+            series
+                .in_flight
+                .get_or_init(|| {
+                    self.metrics
+                        .gauge(names::RUNS_IN_FLIGHT, &[("job_name", series.name)])
+                })
+                .clone()
+        });
+        if let Some(g) = &gauge {
+            g.increment(1.0);
+        }
+        InFlight(gauge)
+    }
+}
+
+/// A job counted in `pushworker_runs_in_flight`, until dropped (even by a
+/// task that is aborted).
+struct InFlight(Option<Gauge>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.decrement(1.0);
+        }
+    }
+}
+
 /// Records, claims, runs and finishes. Cheap to build per request.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -221,6 +374,7 @@ pub struct Runner {
     jobs: Arc<JobRegistry>,
     stop: Arc<CancellationToken>,
     limits: RunLimits,
+    metrics: Arc<RunMetrics>,
 }
 
 impl Runner {
@@ -230,12 +384,14 @@ impl Runner {
         jobs: Arc<JobRegistry>,
         stop: Arc<CancellationToken>,
         limits: RunLimits,
+        metrics: Arc<RunMetrics>,
     ) -> Self {
         Self {
             store,
             jobs,
             stop,
             limits,
+            metrics,
         }
     }
 
@@ -285,6 +441,14 @@ impl Runner {
                 dedup: request.dedup.clone(),
             })
             .await?;
+        let not_run = match &claim {
+            Claim::Started => None,
+            Claim::Done { .. } | Claim::InProgress { .. } => Some(RunStatus::Duplicate),
+            Claim::Conflict { .. } => Some(RunStatus::Conflict),
+        };
+        if let Some(status) = not_run {
+            self.metrics.count(&request.job, request.source, status);
+        }
         match claim {
             Claim::Started => {}
             Claim::Done {
@@ -341,9 +505,12 @@ impl Runner {
         let jobs = Arc::clone(&self.jobs);
         let limits = self.limits;
         let job = request.job;
+        let source = request.source;
         let payload = request.payload;
+        let metrics = Arc::clone(&self.metrics);
         let task = tokio::spawn(
             async move {
+                let in_flight = metrics.running(&job);
                 let started = std::time::Instant::now();
                 let cancel = ctx.cancel.clone();
                 let dispatch = jobs.dispatch(&job, payload, ctx, limits.job_timeout);
@@ -358,8 +525,12 @@ impl Runner {
                         dispatch.await
                     }
                 };
-                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let elapsed = started.elapsed();
+                drop(in_flight);
+                let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
                 let (result, finish) = finish_for(result, duration_ms, limits.output_cap);
+                metrics.duration(&job, source, elapsed);
+                metrics.count(&job, source, finish.status);
                 let recorded = finish_with_retry(&*store, run_id, finish).await;
                 (result, duration_ms, recorded)
             }

@@ -1,9 +1,9 @@
 //! Building and running the application: [`Application::build`] validates
 //! nothing further (the [`Config`] is already valid), wires the state, starts
 //! prefetching keys, opens the run ledger (PostgreSQL with `DATABASE_URL`,
-//! migrated here; memory otherwise) and binds the listener (port 0 picks a
-//! free port, as tests do); [`Application::run`] serves until the shutdown
-//! future completes.
+//! migrated here; memory otherwise) and binds the listeners, the public one
+//! and the metrics one (port 0 picks a free port, as tests do);
+//! [`Application::run`] serves until the shutdown future completes.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,15 +16,17 @@ use crate::{
         token_cache::TokenCache,
     },
     config::Config,
-    http::{AppState, router},
+    http::{AppState, Instruments, router},
     jobs::{JobDeps, JobRegistry},
     pubsub::dead_letter::DeadLetter,
-    runs::{RunStore, memory::MemoryStore, postgres::PgStore, spawn_pruner},
+    runs::{RunStore, memory::MemoryStore, metered::Metered, postgres::PgStore, spawn_pruner},
+    telemetry::metrics::{Metrics, MetricsListener},
 };
 
 /// A bound, ready-to-serve worker.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<MetricsListener>,
     state: AppState,
 }
 
@@ -32,6 +34,7 @@ impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("addr", &self.listener.local_addr().ok())
+            .field("metrics_addr", &self.metrics_addr())
             .finish_non_exhaustive()
     }
 }
@@ -72,22 +75,29 @@ impl Application {
         jobs: Option<JobRegistry>,
     ) -> anyhow::Result<Self> {
         let http = http_client()?;
+        // Off: no recorder at all, and every handle below is a no-op.
+        let metrics = match config.metrics.addr {
+            Some(_) => Metrics::new()?,
+            None => Metrics::disabled(),
+        };
         let google = config.google.clone().map(|g| {
-            let keys = KeyCache::new(
+            let keys = KeyCache::metered(
                 "google",
                 g.keys.clone(),
                 http.clone(),
                 config.key_cache.clone(),
+                &metrics,
             );
             keys.prefetch();
             GoogleVerifier::new(g, keys, config.leeway)
         });
         let clerk = config.clerk.clone().map(|c| {
-            let keys = KeyCache::new(
+            let keys = KeyCache::metered(
                 "clerk",
                 c.keys.clone(),
                 http.clone(),
                 config.key_cache.clone(),
+                &metrics,
             );
             keys.prefetch();
             ClerkVerifier::new(c, keys, config.leeway)
@@ -120,21 +130,35 @@ impl Application {
             Some(url) => Arc::new(PgStore::connect(url.expose(), settings).await?),
             None => Arc::new(MemoryStore::new(settings)),
         };
+        let runs: Arc<dyn RunStore> = if metrics.is_enabled() {
+            Arc::new(Metered::new(runs, &metrics))
+        } else {
+            runs
+        };
         spawn_pruner(Arc::clone(&runs), config.runs.prune_every);
-        let tokens = TokenCache::new(config.token_cache_max_entries, config.leeway);
+        let tokens = TokenCache::new(config.token_cache_max_entries, config.leeway)
+            .map(|t| t.with_metrics(&metrics));
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("PORT: cannot listen on {addr}"))?;
+        let metrics_listener = MetricsListener::bind(&config.metrics).await?;
+        let instruments = Arc::new(Instruments::new(&metrics, &jobs));
         Ok(Self {
             listener,
+            metrics_listener,
             state: AppState {
                 config: Arc::new(config),
-                auth: Arc::new(Authenticator::new(google, clerk).with_token_cache(tokens)),
+                auth: Arc::new(
+                    Authenticator::new(google, clerk)
+                        .with_token_cache(tokens)
+                        .with_metrics(&metrics),
+                ),
                 jobs: Arc::new(jobs),
                 dead_letter,
                 runs,
                 stop: Arc::new(tokio_util::sync::CancellationToken::new()),
+                metrics: instruments,
             },
         })
     }
@@ -142,6 +166,13 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The metrics listener's bound address; `None` with `METRICS_ADDR=off`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(MetricsListener::local_addr)
     }
 
     /// The shared state (tests inspect key caches through it).
@@ -179,6 +210,12 @@ impl Application {
             });
         };
         let http = self.state.config.http.clone();
+        // Serves through the drain, so the last scrape sees the last runs.
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        let _stop_metrics = metrics_stop.clone().drop_guard();
+        if let Some(listener) = self.metrics_listener {
+            listener.spawn(&self.state.metrics.metrics, metrics_stop);
+        }
         let app = router(self.state)?;
         crate::server::serve(self.listener, app, &http, signal).await;
         if let Some(dl) = dead_letter {

@@ -177,6 +177,9 @@ async fn start_server() -> Server {
         &port.to_string(),
         "--host",
         "127.0.0.1",
+        // Servers run side by side: each takes a free metrics port.
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .unwrap();
     let CliCommand::Serve(args) = cli.command else {

@@ -272,11 +272,30 @@ fn tf_coalesce(args: FuncArgs) -> Result<Value, String> {
         .ok_or_else(|| "coalesce: every argument is null or empty".to_owned())
 }
 
+/// `yamlencode`, as JSON: JSON is YAML, and the tests read it back with
+/// serde_json.
+fn tf_yamlencode(args: FuncArgs) -> Result<Value, String> {
+    serde_json::to_string(&args[0])
+        .map(Value::String)
+        .map_err(|e| format!("yamlencode: {e}"))
+}
+
 /// A context where `var.X` is X's default (a placeholder for the required
 /// ones), `local.X` is X where it can be evaluated from those, each Cloud Run
 /// service has a `uri`, and the few Terraform functions the wiring uses exist.
 fn defaults_context(body: &Body) -> Context<'static> {
+    context_with(body, &[])
+}
+
+/// [`defaults_context`] with some variables set (`-var NAME=VALUE`).
+fn context_with(body: &Body, overrides: &[(&str, Value)]) -> Context<'static> {
     let mut ctx = Context::new();
+    ctx.declare_func(
+        "yamlencode",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(tf_yamlencode),
+    );
     ctx.declare_func(
         "tostring",
         FuncDef::builder().param(ParamType::Any).build(tf_tostring),
@@ -310,6 +329,13 @@ fn defaults_context(body: &Body) -> Context<'static> {
             None => Value::String(format!("<{name}>")),
         };
         vars.insert(name, value);
+    }
+    for (name, value) in overrides {
+        assert!(
+            vars.contains_key(*name),
+            "no variable {name} in infra/ to set"
+        );
+        vars.insert((*name).to_owned(), value.clone());
     }
     ctx.declare_var("var", Value::Object(vars));
 
@@ -826,4 +852,286 @@ fn eventarc_trigger_is_optional_and_sends_storage_events_to_the_events_route() {
         Some("\"roles/run.invoker\""),
         "{roles:?}"
     );
+}
+
+/// The container blocks of the service's template: the plain ones and the
+/// `content` of `dynamic "containers"` blocks, with that block's `for_each`.
+fn service_containers(body: &Body) -> Vec<(&Body, Option<&Expression>)> {
+    let (name, svc) = service(body);
+    let template = child(svc.body(), "template")
+        .unwrap_or_else(|| panic!("google_cloud_run_v2_service.{name} has no template block"));
+    template
+        .body()
+        .blocks()
+        .filter_map(|b| match (b.identifier(), labels(b).as_slice()) {
+            ("containers", _) => Some((b.body(), None)),
+            ("dynamic", ["containers"]) => Some((
+                child(b.body(), "content")
+                    .expect("a dynamic \"containers\" block has a content block")
+                    .body(),
+                attr(b.body(), "for_each"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn eval_len(ctx: &Context, what: &str, expr: &Expression) -> usize {
+    match eval(ctx, what, expr) {
+        Value::Array(items) => items.len(),
+        Value::Object(items) => items.len(),
+        other => panic!("{what} = `{expr}` evaluates to `{other}`, not a collection"),
+    }
+}
+
+fn eval_count(ctx: &Context, what: &str, block: &Block) -> f64 {
+    let expr = attr(block.body(), "count").unwrap_or_else(|| panic!("{what} has no count"));
+    match eval(ctx, &format!("{what}.count"), expr) {
+        Value::Number(n) => n.as_f64().expect("a finite count"),
+        other => panic!("{what}.count evaluates to {other}"),
+    }
+}
+
+/// (i): the Managed Service for Prometheus sidecar is off by default, and
+/// then the worker records no metrics (`METRICS_ADDR=off`). When on, it is a
+/// pinned image that starts after the worker, reads a RunMonitoring
+/// configuration that scrapes `/metrics` at exactly the loopback address the
+/// worker's `METRICS_ADDR` names (never the public port), and the runtime
+/// service account may write metrics and read that configuration.
+#[test]
+fn metrics_sidecar_is_optional_and_scrapes_the_worker_on_localhost() {
+    let body = load();
+    let off = defaults_context(&body);
+    let on = context_with(&body, &[("metrics_sidecar_enabled", Value::Bool(true))]);
+    let (svc_name, svc) = service(&body);
+
+    let metrics_addr = env_value(&body, "METRICS_ADDR");
+    assert_eq!(
+        eval_string(&off, "METRICS_ADDR", metrics_addr),
+        "off",
+        "with the sidecar off, nobody scrapes: METRICS_ADDR must be off"
+    );
+    let addr = eval_string(&on, "METRICS_ADDR", metrics_addr);
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("METRICS_ADDR `{addr}` with the sidecar on is not host:port"));
+    assert!(
+        addr.ip().is_loopback(),
+        "METRICS_ADDR {addr}: /metrics must stay on loopback, where only the sidecar reaches it"
+    );
+
+    let containers = service_containers(&body);
+    let main: Vec<_> = containers.iter().filter(|(_, f)| f.is_none()).collect();
+    assert_eq!(main.len(), 1, "one plain containers block: the worker");
+    let main_body = main[0].0;
+    let main_name = match attr(main_body, "name") {
+        Some(Expression::String(s)) => s.clone(),
+        other => panic!("the worker's container needs a literal name for depends_on ({other:?})"),
+    };
+    let public_port = path_in(main_body, &["ports"])
+        .and_then(|p| attr(p, "container_port"))
+        .map(|e| eval_secs(&off, "container_port", e))
+        .unwrap_or(8080.0);
+    assert_ne!(
+        f64::from(addr.port()),
+        public_port,
+        "METRICS_ADDR must not be the public port"
+    );
+
+    let sidecars: Vec<_> = containers
+        .iter()
+        .filter_map(|(b, f)| f.map(|f| (*b, f)))
+        .collect();
+    assert_eq!(
+        sidecars.len(),
+        1,
+        "one dynamic containers block: the sidecar"
+    );
+    let (sidecar, for_each) = sidecars[0];
+    assert_eq!(
+        eval_len(&off, "the sidecar's for_each", for_each),
+        0,
+        "the sidecar must be off by default"
+    );
+    assert_eq!(eval_len(&on, "the sidecar's for_each", for_each), 1);
+
+    // The image: `containers.value` of the for_each, or a literal.
+    let image = match eval(&on, "the sidecar's for_each", for_each) {
+        Value::Array(items)
+            if attr(sidecar, "image").map(ToString::to_string).as_deref()
+                == Some("containers.value") =>
+        {
+            items[0].as_str().expect("an image string").to_owned()
+        }
+        _ => eval_string(
+            &on,
+            "the sidecar's image",
+            attr(sidecar, "image").expect("an image"),
+        ),
+    };
+    let tag = image
+        .strip_prefix("us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:")
+        .unwrap_or_else(|| panic!("the sidecar's image `{image}` is not Google's cloud-run-gmp-sidecar"));
+    assert!(
+        !tag.is_empty() && tag.chars().all(|c| c.is_ascii_digit() || c == '.'),
+        "the sidecar's image is pinned to a version, not `{tag}`"
+    );
+
+    let depends = attr(sidecar, "depends_on").expect("the sidecar has depends_on");
+    assert_eq!(
+        depends,
+        &Expression::Array(vec![Expression::String(main_name.clone())]),
+        "the sidecar starts after the worker's container `{main_name}`"
+    );
+
+    // Its configuration: a secret volume mounted where the sidecar reads it.
+    let mount = child(sidecar, "volume_mounts").expect("the sidecar mounts its configuration");
+    assert_eq!(
+        attr(mount.body(), "mount_path"),
+        Some(&Expression::String("/etc/rungmp".to_owned())),
+        "the sidecar reads /etc/rungmp/config.yaml"
+    );
+    let volume_name = eval_string(
+        &on,
+        "volume_mounts.name",
+        attr(mount.body(), "name").expect("a volume name"),
+    );
+    let template = child(svc.body(), "template").expect("template");
+    let volume = template
+        .body()
+        .blocks()
+        .filter(|b| b.identifier() == "dynamic" && labels(b) == ["volumes"])
+        .find_map(|b| {
+            let content = child(b.body(), "content")?.body();
+            let name = attr(content, "name")?;
+            let for_each = attr(b.body(), "for_each")?;
+            let matches = match (
+                name.to_string().as_str(),
+                eval(&on, "volumes.for_each", for_each),
+            ) {
+                ("volumes.value", Value::Array(items)) => items
+                    .iter()
+                    .any(|i| i.as_str() == Some(volume_name.as_str())),
+                _ => eval_string(&on, "volumes.name", name) == volume_name,
+            };
+            assert_eq!(
+                eval_len(&off, "volumes.for_each", for_each),
+                0,
+                "no volume with the sidecar off"
+            );
+            matches.then_some(content)
+        })
+        .unwrap_or_else(|| {
+            panic!("google_cloud_run_v2_service.{svc_name} has no volume `{volume_name}`")
+        });
+    let secret = child(volume, "secret").expect("the configuration volume is a secret");
+    let secret_ref = attr(secret.body(), "secret").expect("secret.secret");
+    let items = child(secret.body(), "items").expect("secret.items");
+    assert_eq!(
+        attr(items.body(), "path"),
+        Some(&Expression::String("config.yaml".to_owned())),
+        "mounted as /etc/rungmp/config.yaml"
+    );
+    let secret_text = secret_ref.to_string();
+    let (secret_name, _) = resources(&body, "google_secret_manager_secret")
+        .into_iter()
+        .find(|(n, _)| secret_text.starts_with(&format!("google_secret_manager_secret.{n}")))
+        .unwrap_or_else(|| {
+            panic!(
+                "the volume's secret `{secret_ref}` is not a google_secret_manager_secret of infra/"
+            )
+        });
+    let (version_name, version) = resources(&body, "google_secret_manager_secret_version")
+        .into_iter()
+        .find(|(_, b)| {
+            attr(b.body(), "secret").is_some_and(|s| {
+                s.to_string()
+                    .starts_with(&format!("google_secret_manager_secret.{secret_name}"))
+            })
+        })
+        .unwrap_or_else(|| panic!("google_secret_manager_secret.{secret_name} has no version"));
+    assert_eq!(
+        eval_count(
+            &off,
+            &format!("google_secret_manager_secret_version.{version_name}"),
+            version
+        ),
+        0.0
+    );
+    let data = eval_string(
+        &on,
+        "secret_data",
+        attr(version.body(), "secret_data").expect("secret_data"),
+    );
+    let config: serde_json::Value = serde_json::from_str(&data)
+        .unwrap_or_else(|e| panic!("the RunMonitoring configuration does not parse ({e}): {data}"));
+    assert_eq!(config["kind"], "RunMonitoring", "{config}");
+    assert_eq!(
+        config["apiVersion"], "monitoring.googleapis.com/v1beta",
+        "{config}"
+    );
+    let endpoints = config["spec"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no spec.endpoints: {config}"));
+    assert_eq!(endpoints.len(), 1, "{config}");
+    assert_eq!(
+        endpoints[0]["port"].as_u64(),
+        Some(u64::from(addr.port())),
+        "the sidecar scrapes the port of METRICS_ADDR ({addr}): {config}"
+    );
+    assert_eq!(endpoints[0]["path"], "/metrics", "{config}");
+
+    // The runtime account (the service's identity) writes the metrics and
+    // reads the configuration; neither grant exists with the sidecar off.
+    let runtime = attr(template.body(), "service_account")
+        .and_then(resource_address)
+        .expect("the template names its service_account");
+    for (rtype, role) in [
+        ("google_project_iam_member", "roles/monitoring.metricWriter"),
+        (
+            "google_secret_manager_secret_iam_member",
+            "roles/secretmanager.secretAccessor",
+        ),
+    ] {
+        let candidates: Vec<_> = resources(&body, rtype)
+            .into_iter()
+            .filter(|(_, b)| attr(b.body(), "role") == Some(&Expression::String(role.to_owned())))
+            .filter(|(_, b)| {
+                rtype != "google_secret_manager_secret_iam_member"
+                    || attr(b.body(), "secret_id").is_some_and(|s| {
+                        s.to_string()
+                            .starts_with(&format!("google_secret_manager_secret.{secret_name}"))
+                    })
+            })
+            .collect();
+        assert_eq!(
+            candidates.len(),
+            1,
+            "one {rtype} granting {role} for the sidecar"
+        );
+        let (name, block) = candidates[0];
+        let what = format!("{rtype}.{name}");
+        assert_eq!(
+            attr(block.body(), "member").and_then(resource_address),
+            Some(runtime.clone()),
+            "{what} is for the runtime service account"
+        );
+        assert_eq!(
+            eval_count(&off, &what, block),
+            0.0,
+            "{what} is off by default"
+        );
+        assert_eq!(
+            eval_count(&on, &what, block),
+            1.0,
+            "{what} is on with the sidecar"
+        );
+    }
+}
+
+/// Follows nested blocks of a body (`&[]`: the body itself).
+fn path_in<'a>(body: &'a Body, idents: &[&str]) -> Option<&'a Body> {
+    idents
+        .iter()
+        .try_fold(body, |b, ident| child(b, ident).map(Block::body))
 }

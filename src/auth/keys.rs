@@ -40,6 +40,8 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 
+use crate::telemetry::metrics::{Metrics, names};
+
 /// Where an issuer's keys come from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -158,6 +160,9 @@ struct Inner {
     generation: AtomicU64,
     fetches: AtomicU64,
     failures: AtomicU64,
+    /// `pushworker_key_fetches_total{issuer, outcome="ok"|"error"}`.
+    fetched_ok: ::metrics::Counter,
+    fetch_failed: ::metrics::Counter,
     epoch: Instant,
 }
 
@@ -185,7 +190,27 @@ impl KeyCache {
         client: reqwest::Client,
         cfg: KeyCacheConfig,
     ) -> Self {
+        Self::metered(name, source, client, cfg, &Metrics::disabled())
+    }
+
+    /// The same, counting its fetches in `metrics` (`name` is the issuer
+    /// label).
+    pub fn metered(
+        name: &'static str,
+        source: KeySource,
+        client: reqwest::Client,
+        cfg: KeyCacheConfig,
+        metrics: &Metrics,
+    ) -> Self {
+        let fetches = |outcome| {
+            metrics.counter(
+                names::KEY_FETCHES,
+                &[("issuer", name), ("outcome", outcome)],
+            )
+        };
         Self(Arc::new(Inner {
+            fetched_ok: fetches("ok"),
+            fetch_failed: fetches("error"),
             name,
             source,
             client,
@@ -327,6 +352,7 @@ impl Inner {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match fetch_key_set(&self.source, &self.client, &self.cfg).await {
             Ok((by_kid, any_kid, ttl)) => {
+                self.fetched_ok.increment(1);
                 let previous = self.current.load_full();
                 let previous = previous.as_deref();
                 let by_kid: HashMap<String, Key> = by_kid
@@ -356,6 +382,7 @@ impl Inner {
             }
             Err(err) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                self.fetch_failed.increment(1);
                 let error = format!("{err:#}");
                 if self.usable_set(Instant::now()).is_some() {
                     tracing::warn!(issuer = self.name, source = ?self.source, %error, "signing-key refresh failed; the last good keys keep serving");

@@ -45,6 +45,8 @@ use serde::de::DeserializeOwned;
 
 use google::GOOGLE_ISSUERS;
 
+use crate::telemetry::metrics::{Metrics, OTHER, names};
+
 /// Who may trigger jobs by hand.
 #[derive(Debug, Clone)]
 pub struct TriggerPolicy {
@@ -80,6 +82,28 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A short, fixed name for the refusal: the `reason` label of
+    /// `pushworker_auth_rejections_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::WrongScheme => "wrong_scheme",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidToken(text) => match *text {
+                "token has expired" => "expired",
+                "bad signature" => "bad_signature",
+                "unknown signing key (kid)" => "unknown_kid",
+                "issuer not accepted" | "Google tokens are not accepted here" => {
+                    "issuer_not_accepted"
+                }
+                text if text.starts_with("audience not accepted") => "audience_not_accepted",
+                _ => "invalid_token",
+            },
+            Self::InsufficientScope(_) => "insufficient_scope",
+            Self::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+
     fn from_key_error(err: keys::KeyError, issuer: &'static str) -> Self {
         match err {
             keys::KeyError::UnknownKid => Self::InvalidToken("unknown signing key (kid)"),
@@ -193,7 +217,11 @@ pub struct Authenticator {
     google: Option<google::GoogleVerifier>,
     clerk: Option<clerk::ClerkVerifier>,
     tokens: Option<Arc<token_cache::TokenCache>>,
+    metrics: Metrics,
 }
+
+/// The `issuer` label of a refusal before any token was read.
+const NO_TOKEN: &str = "none";
 
 impl Authenticator {
     /// An authenticator over the configured verifiers (either may be absent,
@@ -206,7 +234,39 @@ impl Authenticator {
             google,
             clerk,
             tokens: None,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// The same, counting refusals in `metrics`
+    /// (`pushworker_auth_rejections_total{issuer, reason}`).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    /// Counts a refusal of a token of `issuer` (`google`, `clerk`, `_other`
+    /// for any other or unreadable token, `none` without one).
+    fn reject(&self, issuer: &'static str, error: AuthError) -> AuthError {
+        if self.metrics.is_enabled() {
+            self.metrics
+                .counter(
+                    names::AUTH_REJECTIONS,
+                    &[("issuer", issuer), ("reason", error.reason())],
+                )
+                .increment(1);
+        }
+        error
+    }
+
+    /// Applies an authorization check ([`Principal::check_trigger`] and the
+    /// like) to `principal`, counting a refusal.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        check: Result<(), AuthError>,
+    ) -> Result<(), AuthError> {
+        check.map_err(|e| self.reject(principal.kind(), e))
     }
 
     /// The same, remembering accepted tokens in `cache` (`None`: no cache).
@@ -237,12 +297,13 @@ impl Authenticator {
         &self,
         headers: &axum::http::HeaderMap,
     ) -> Result<Arc<Principal>, AuthError> {
-        let token = token::bearer_token(headers)?;
+        let token = token::bearer_token(headers).map_err(|e| self.reject(NO_TOKEN, e))?;
         let Some(cache) = &self.tokens else {
             return self
                 .verify(token)
                 .await
-                .map(|(_, _, v)| Arc::new(v.principal));
+                .map(|(_, _, v)| Arc::new(v.principal))
+                .map_err(|(issuer, e)| self.reject(issuer, e));
         };
         let digest = token_cache::TokenCache::digest(token);
         if let Some(principal) = cache.get(&digest, |issuer, kid, key| {
@@ -250,7 +311,10 @@ impl Authenticator {
         }) {
             return Ok(principal);
         }
-        let (issuer, kid, verified) = self.verify(token).await?;
+        let (issuer, kid, verified) = self
+            .verify(token)
+            .await
+            .map_err(|(issuer, e)| self.reject(issuer, e))?;
         Ok(cache.insert(
             digest,
             issuer,
@@ -281,30 +345,32 @@ impl Authenticator {
     }
 
     /// Checks the token's header, routes it by its unverified `iss`, and
-    /// verifies it with that issuer's verifier.
+    /// verifies it with that issuer's verifier. A refusal comes with the
+    /// issuer's label (see [`Authenticator::reject`]).
     async fn verify(
         &self,
         token: &str,
-    ) -> Result<(token_cache::Issuer, String, Verified), AuthError> {
-        let unverified = token::inspect(token)?;
+    ) -> Result<(token_cache::Issuer, String, Verified), (&'static str, AuthError)> {
+        let unverified = token::inspect(token).map_err(|e| (OTHER, e))?;
         let kid = unverified.kid;
         if GOOGLE_ISSUERS.contains(&unverified.iss.as_str()) {
+            let google = |e| ("google", e);
             return match &self.google {
                 Some(v) => {
-                    let verified = v.verify_full(token, &kid).await?;
+                    let verified = v.verify_full(token, &kid).await.map_err(google)?;
                     Ok((token_cache::Issuer::Google, kid, verified))
                 }
-                None => Err(AuthError::InvalidToken(
+                None => Err(google(AuthError::InvalidToken(
                     "Google tokens are not accepted here",
-                )),
+                ))),
             };
         }
         match &self.clerk {
             Some(v) if v.issuer() == unverified.iss => {
-                let verified = v.verify_full(token, &kid).await?;
+                let verified = v.verify_full(token, &kid).await.map_err(|e| ("clerk", e))?;
                 Ok((token_cache::Issuer::Clerk, kid, verified))
             }
-            _ => Err(AuthError::InvalidToken("issuer not accepted")),
+            _ => Err((OTHER, AuthError::InvalidToken("issuer not accepted"))),
         }
     }
 }

@@ -96,6 +96,10 @@ pub struct TokenCache {
     hits: AtomicU64,
     misses: AtomicU64,
     dropped: AtomicU64,
+    /// `pushworker_token_cache_hits_total` and `_misses_total` (no-ops
+    /// unless [`TokenCache::with_metrics`]).
+    hit_counter: ::metrics::Counter,
+    miss_counter: ::metrics::Counter,
     /// The principal and kid of the latest insertion, which the next one
     /// shares when it has the same: Pub/Sub's tokens all name one service
     /// account under one or two kids, so a cache full of its tokens holds
@@ -150,8 +154,18 @@ impl TokenCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            hit_counter: ::metrics::Counter::noop(),
+            miss_counter: ::metrics::Counter::noop(),
             recent: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The same, counting hits and misses in `metrics` too.
+    pub fn with_metrics(mut self, metrics: &crate::telemetry::metrics::Metrics) -> Self {
+        use crate::telemetry::metrics::names;
+        self.hit_counter = metrics.counter(names::TOKEN_CACHE_HITS, &[]);
+        self.miss_counter = metrics.counter(names::TOKEN_CACHE_MISSES, &[]);
+        self
     }
 
     /// The cache key of `token`: SHA-256 of all of it.
@@ -183,12 +197,14 @@ impl TokenCache {
     ) -> Option<Arc<Principal>> {
         let Some(entry) = self.entries.get(digest) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
+            self.miss_counter.increment(1);
             return None;
         };
         if self.accepts_at(entry.lifetime, now)
             && key_is_current(entry.issuer, &entry.kid, &entry.key)
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            self.hit_counter.increment(1);
             return Some(Arc::clone(&entry.principal));
         }
         // Only this entry: another request may have cached the token anew.
@@ -196,6 +212,7 @@ impl TokenCache {
             .remove_if(digest, |current| Arc::ptr_eq(current, &entry));
         self.dropped.fetch_add(1, Ordering::Relaxed);
         self.misses.fetch_add(1, Ordering::Relaxed);
+        self.miss_counter.increment(1);
         None
     }
 

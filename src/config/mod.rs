@@ -89,6 +89,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub log: crate::telemetry::LogArgs,
 
+    /// Metrics (`METRICS_ADDR`).
+    #[command(flatten)]
+    pub metrics: crate::telemetry::metrics::MetricsArgs,
+
     /// Development mode.
     #[command(flatten)]
     pub dev: crate::auth::dev::DevArgs,
@@ -138,6 +142,8 @@ pub struct Config {
     pub http: crate::server::HttpServerConfig,
     /// Whether `GET /openapi.json` and `GET /docs` are served.
     pub openapi_enabled: bool,
+    /// Where metrics are served (or off).
+    pub metrics: crate::telemetry::metrics::MetricsConfig,
     /// Project id for trace fields in JSON logs.
     pub project_id: Option<String>,
     /// Log format.
@@ -198,6 +204,15 @@ impl Config {
         } else {
             IpAddr::from([0, 0, 0, 0])
         });
+        let metrics = crate::telemetry::metrics::MetricsConfig::from_args(&args.metrics)?;
+        if let Some(addr) = metrics.addr
+            && addr.port() != 0
+            && addr.port() == port
+        {
+            bail!(
+                "METRICS_ADDR: {addr} uses the public port {port}; metrics must be served apart from it (e.g. 127.0.0.1:9464) or off"
+            );
+        }
         let log_format = args.log.log_format.unwrap_or(if args.k_service.is_some() {
             LogFormat::Json
         } else {
@@ -227,6 +242,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             http: crate::server::HttpServerConfig::from_args(&args.http)?,
             openapi_enabled: args.http.openapi_enabled,
+            metrics,
             project_id: args
                 .log
                 .google_cloud_project
@@ -338,6 +354,38 @@ mod tests {
             crate::cli::Command::Serve(args) => *args,
             _ => unreachable!("parsed as serve"),
         }
+    }
+
+    #[test]
+    fn metrics_default_to_loopback_and_never_share_the_public_port() {
+        let config = Config::from_args(&serve_args(&[])).unwrap();
+        assert_eq!(
+            config.metrics.addr,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let off = Config::from_args(&serve_args(&["--metrics-addr", "off"])).unwrap();
+        assert_eq!(off.metrics.addr, None);
+        for (argv, needle) in [
+            (
+                vec!["--metrics-addr", "0.0.0.0:8080"],
+                "uses the public port 8080",
+            ),
+            (vec!["--metrics-addr", "nine"], "is not an address"),
+        ] {
+            let error = Config::from_args(&serve_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("METRICS_ADDR: "), "{error}");
+            assert!(error.contains(needle), "{error}");
+        }
+        // Port 0 picks a free port for both, as tests do.
+        let both_zero = Config::from_args(&serve_args(&[
+            "--port",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]));
+        assert!(both_zero.is_ok());
     }
 
     #[test]

@@ -58,7 +58,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_trigger(&state.config.trigger)?;
+        state
+            .auth
+            .authorize(&principal, principal.check_trigger(&state.config.trigger))?;
         Ok(Self(principal))
     }
 }
@@ -73,7 +75,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_push()?;
+        state.auth.authorize(&principal, principal.check_push())?;
         Ok(Self(principal))
     }
 }
@@ -88,7 +90,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let principal = state.auth.authenticate(&parts.headers).await?;
-        principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission)?;
+        state.auth.authorize(
+            &principal,
+            principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission),
+        )?;
         Ok(Self(principal))
     }
 }

@@ -33,12 +33,14 @@ mod runs;
 mod state;
 mod whoami;
 
-use axum::Router;
+use std::sync::Arc;
+
+use axum::{Router, extract::MatchedPath};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{Error, ErrorBody, dispatch_status};
-pub use state::AppState;
+pub use state::{AppState, Instruments};
 
 use crate::jobs::JobRegistry;
 
@@ -69,7 +71,10 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .merge(openapi::router(&doc, &state.config)?)
         .merge(admin::router(&state.config))
         .fallback(no_route)
-        .layer(axum::middleware::from_fn(trace_request));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            trace_request,
+        ));
     // Outermost, so that preflights are answered before authentication.
     let app = match cors {
         Some(cors) => app.layer(cors),
@@ -115,7 +120,11 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 /// this one line, with its job, message, run and outcome, and a failure's
 /// own lines carry the same fields. Logging is a large part of a push's
 /// work, so a run writes one line, not two.
+///
+/// The same moment ends the request's `http_server_request_duration_seconds`
+/// sample, labelled with the route's template (not the path a caller chose).
 async fn trace_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<Instruments>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -142,6 +151,11 @@ async fn trace_request(
         .get(axum::http::header::USER_AGENT)
         .cloned();
     let request_size = content_length(request.headers()).unwrap_or(0);
+    let route = if metrics.metrics.is_enabled() {
+        request.extensions().get::<MatchedPath>().cloned()
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let log = RequestLog {
@@ -152,6 +166,8 @@ async fn trace_request(
         request_size,
         status: response.status().as_u16(),
         started,
+        route,
+        metrics,
     };
     response.map(|body| axum::body::Body::new(CountedBody::new(body, log)))
 }
@@ -185,12 +201,40 @@ struct RequestLog {
     request_size: u64,
     status: u16,
     started: std::time::Instant,
+    /// The matched route's template; none for an unknown path.
+    route: Option<MatchedPath>,
+    metrics: Arc<Instruments>,
+}
+
+/// OpenTelemetry's `http.request.method`: the known methods, else `_OTHER`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
 }
 
 impl RequestLog {
     /// Writes the request line, `sent` bytes of body having gone out.
     fn write(self, sent: u64) {
-        let latency = latency(self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.metrics.requests.record(
+            self.route
+                .as_ref()
+                .map_or(crate::telemetry::metrics::OTHER, MatchedPath::as_str),
+            (method_label(&self.method), self.status),
+            elapsed.as_secs_f64(),
+        );
+        let latency = latency(elapsed);
         let path = self.uri.path();
         let status = self.status;
         self.span.in_scope(|| {

@@ -65,6 +65,7 @@ use crate::{
     pubsub::{self, MessageMeta, dead_letter::Reason},
     runner::{Outcome, RunRequest},
     runs::{DedupKey, Finish, RunStatus, message_digest},
+    telemetry::metrics::OTHER,
 };
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -239,14 +240,54 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
     Ok(Bytes::from(buffer))
 }
 
-/// Records its fields on the request's span (see `trace_request` in
-/// [`crate::http`]): a push that succeeds logs one line, the request line.
+/// Processes a push and records its `messaging_process_duration_seconds`
+/// sample: by subscription, with the error's code as `error_type` unless it
+/// was acknowledged.
 async fn handle(
     state: AppState,
     path_job: Option<String>,
     principal: Arc<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, Error>,
+) -> Result<StatusCode, Error> {
+    let started = std::time::Instant::now();
+    let metrics = Arc::clone(&state.metrics);
+    let mut seen = None;
+    let result = process(state, path_job, principal, headers, body, &mut seen).await;
+    let subscription = seen.as_deref().and_then(|m| m.subscription.as_deref());
+    metrics.pushes.record(
+        subscription_label(subscription),
+        result.as_ref().err().map(Error::code),
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+/// A subscription's id (`projects/P/subscriptions/ID`) as a label value, if
+/// it is one; else [`OTHER`].
+fn subscription_label(subscription: Option<&str>) -> &str {
+    let Some(full) = subscription else {
+        return OTHER;
+    };
+    let id = full.rsplit('/').next().unwrap_or(full);
+    let valid = (3..=255).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b));
+    if valid { id } else { OTHER }
+}
+
+/// Records its fields on the request's span (see `trace_request` in
+/// [`crate::http`]): a push that succeeds logs one line, the request line.
+/// The decoded message lands in `seen`, for the caller's metrics.
+async fn process(
+    state: AppState,
+    path_job: Option<String>,
+    principal: Arc<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, Error>,
+    seen: &mut Option<Arc<MessageMeta>>,
 ) -> Result<StatusCode, Error> {
     let span = tracing::Span::current();
     let body = match body {
@@ -282,6 +323,7 @@ async fn handle(
     // Shared with the run (no copy); kept for dead-lettering after it.
     let data = Bytes::from(message.data);
     let meta = Arc::new(message.meta);
+    *seen = Some(Arc::clone(&meta));
     let job = path_job.or_else(|| meta.attributes.get(&state.config.job_attribute).cloned());
     super::record_fields(
         &span,
@@ -499,6 +541,30 @@ pub(super) async fn permanent_failure(
         Err(publish_error) => {
             tracing::error!(kind = reason.kind, reason = reason.text.as_str(), error = %format!("{publish_error:#}"), "push failed permanently and dead-lettering failed (nacked; will retry)");
             Err(Error::DeadLetterFailed(format!("{publish_error:#}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_labels_are_ids_or_other() {
+        assert_eq!(
+            subscription_label(Some("projects/acme/subscriptions/work-push")),
+            "work-push"
+        );
+        assert_eq!(subscription_label(Some("work-push")), "work-push");
+        for bad in [
+            None,
+            Some(""),
+            Some("projects/acme/subscriptions/"),
+            Some("projects/acme/subscriptions/1abc"),
+            Some("projects/acme/subscriptions/a b c"),
+            Some("projects/acme/subscriptions/x\"}"),
+        ] {
+            assert_eq!(subscription_label(bad), OTHER, "{bad:?}");
         }
     }
 }

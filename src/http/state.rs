@@ -9,9 +9,72 @@ use crate::{
     config::Config,
     jobs::JobRegistry,
     pubsub::dead_letter::DeadLetter,
-    runner::{RunLimits, Runner},
+    runner::{RunLimits, RunMetrics, Runner},
     runs::RunStore,
+    telemetry::metrics::{HistogramTable, Metrics, names},
 };
+
+/// Distinct subscriptions counted apart in
+/// `messaging_process_duration_seconds`; any more are
+/// [`OTHER`](crate::telemetry::metrics::OTHER).
+const MAX_SUBSCRIPTIONS: usize = 64;
+
+/// What the HTTP layer and the runner record, over one recorder.
+#[derive(Debug)]
+pub struct Instruments {
+    /// The recorder (or none: metrics off).
+    pub metrics: Metrics,
+    /// The runner's series.
+    pub runs: Arc<RunMetrics>,
+    /// `http_server_request_duration_seconds` by route, then method and
+    /// status.
+    pub requests: HistogramTable<(&'static str, u16)>,
+    /// `messaging_process_duration_seconds` by subscription, then error type
+    /// (none: acknowledged).
+    pub pushes: HistogramTable<Option<&'static str>>,
+}
+
+impl Instruments {
+    /// The series of this worker, over `metrics`.
+    pub fn new(metrics: &Metrics, jobs: &JobRegistry) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            runs: Arc::new(RunMetrics::new(metrics, jobs)),
+            requests: HistogramTable::new(
+                metrics,
+                names::HTTP_SERVER_REQUEST_DURATION,
+                &[],
+                "http_route",
+                |(method, status)| {
+                    vec![
+                        ("http_request_method", (*method).to_owned()),
+                        ("http_response_status_code", status.to_string()),
+                    ]
+                },
+                // Route templates come from the router: a fixed set.
+                usize::MAX,
+            ),
+            pushes: HistogramTable::new(
+                metrics,
+                names::MESSAGING_PROCESS_DURATION,
+                &[("messaging_system", "gcp_pubsub")],
+                "messaging_destination_subscription_name",
+                // OpenTelemetry sets error.type only on a failure.
+                |error| {
+                    error
+                        .map(|e| vec![("error_type", e.to_owned())])
+                        .unwrap_or_default()
+                },
+                MAX_SUBSCRIPTIONS,
+            ),
+        }
+    }
+
+    /// Off: nothing is recorded.
+    pub fn disabled() -> Self {
+        Self::new(&Metrics::disabled(), &JobRegistry::new())
+    }
+}
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,6 +97,8 @@ pub struct AppState {
     /// (by each extractor and the handler); an `Arc` clone is one atomic
     /// add instead of a lock every thread would contend for.
     pub stop: Arc<CancellationToken>,
+    /// The metrics the handlers, the request layer and the runner record.
+    pub metrics: Arc<Instruments>,
 }
 
 impl AppState {
@@ -48,6 +113,7 @@ impl AppState {
                 payload_cap: self.config.runs.payload_cap,
                 output_cap: self.config.runs.output_cap,
             },
+            Arc::clone(&self.metrics.runs),
         )
     }
 }

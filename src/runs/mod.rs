@@ -35,6 +35,7 @@
 //! reached, [`StoreError::Unavailable`] becomes a 503 and nothing runs.
 
 pub mod memory;
+pub mod metered;
 pub mod postgres;
 pub mod settings;
 

@@ -1,3 +1,5 @@
+//! Logging, and the metrics listener ([`metrics`]).
+//!
 //! Logging: readable text locally; on Cloud Run (or with `LOG_FORMAT=json`)
 //! one JSON object per line on stdout in Cloud Logging's structured format
 //! (see [`format`] for its fields).
@@ -15,6 +17,7 @@
 //! log line. `RUST_LOG` filters (default `info`).
 
 mod format;
+pub mod metrics;
 mod trace;
 
 use std::io::IsTerminal as _;

@@ -267,6 +267,9 @@ fn dev_config(port: u16, dir: &std::path::Path) -> Config {
         &port.to_string(),
         "--host",
         "127.0.0.1",
+        // Servers run side by side: each takes a free metrics port.
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .unwrap();
     let Command::Serve(args) = cli.command else {

@@ -14,7 +14,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_pushworker");
 /// Runs `pushworker serve` with exactly these variables; returns (code, stderr).
 fn serve_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve").env_clear().env("PORT", "0");
+    cmd.arg("serve")
+        .env_clear()
+        .env("PORT", "0")
+        .env("METRICS_ADDR", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -324,6 +324,7 @@ async fn out_of_file_descriptors_backs_off_and_recovers() {
         .arg(&dir)
         .env_clear()
         .env("PORT", port.to_string())
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("HTTP_MAX_CONNECTIONS", "1000")
         .env("HTTP_HEADER_READ_TIMEOUT_SECS", "120")
         .stdout(std::process::Stdio::piped())

@@ -403,6 +403,8 @@ pub struct Options {
     /// Only the built-in jobs, without the test jobs (some of which fail
     /// on purpose): the registry `pushworker serve` has.
     pub builtin_jobs_only: bool,
+    /// `METRICS_ADDR` (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The routes of the tests' events: Cloud Storage to `storage-object`,
@@ -439,6 +441,7 @@ impl Default for Options {
             event_routes: TEST_EVENT_ROUTES.to_owned(),
             openapi_enabled: true,
             builtin_jobs_only: false,
+            metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }
@@ -461,6 +464,8 @@ pub struct TestApp {
     pub runs: Arc<dyn RunStore>,
     /// Runs of the `count` job.
     pub counter: Arc<AtomicUsize>,
+    /// `http://127.0.0.1:PORT` of the metrics listener, unless off.
+    pub metrics_base: Option<String>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -523,6 +528,9 @@ pub fn config(keys: &KeyServer, options: &Options) -> Config {
         shutdown_grace: Duration::from_secs(2),
         http: options.http.clone(),
         openapi_enabled: options.openapi_enabled,
+        metrics: pushworker::telemetry::metrics::MetricsConfig {
+            addr: options.metrics_addr,
+        },
         project_id: None,
         log_format: LogFormat::Text,
         dev_mode: false,
@@ -557,6 +565,7 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
         .await
         .expect("build app");
     let port = app.port();
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let runs = Arc::clone(&app.state().runs);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
@@ -573,6 +582,7 @@ pub async fn spawn_app_on(keys: KeyServer, options: Options) -> TestApp {
         seen,
         runs,
         counter: Arc::clone(&options.counter),
+        metrics_base,
         _shutdown: tx,
     }
 }
@@ -1031,6 +1041,8 @@ impl DevWorker {
             .arg(dir)
             .env_clear()
             .env("PORT", port.to_string())
+            // Workers run side by side: each takes a free metrics port.
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .stdout(output())
             .stderr(output());
         for (k, v) in env {

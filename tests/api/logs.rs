@@ -145,6 +145,7 @@ async fn text_logs_in_a_file_hold_no_escape_byte() {
         .arg(&dir)
         .env_clear()
         .env("PORT", port.to_string())
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "debug")
         .stdout(std::fs::File::create(&log).unwrap())

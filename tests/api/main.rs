@@ -17,6 +17,7 @@ mod ledger;
 mod lifecycle;
 mod logs;
 mod openapi;
+mod metrics;
 mod push;
 mod reliability;
 mod runs;

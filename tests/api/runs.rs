@@ -278,6 +278,7 @@ async fn postgres_a_killed_instance_frees_its_message_after_the_lease() {
         .arg(&dir)
         .env_clear()
         .env("PORT", port.to_string())
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", db.url())
         .env("JOB_TIMEOUT_SECS", "3")
         .env("RUN_LEASE_SECS", "4")
@@ -1081,7 +1082,10 @@ fn ledger_configuration_is_validated_and_the_url_never_printed() {
     ];
     for (case, env, variable) in cases {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").env_clear().env("PORT", "0");
+        cmd.arg("serve")
+            .env_clear()
+            .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0");
         for (k, v) in &env {
             cmd.env(k, v);
         }
