@@ -312,12 +312,9 @@ fn dead_letter_topic(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| {
-            let parts: Vec<&str> = t.split('/').collect();
-            if parts.len() == 4 && parts[0] == "projects" && parts[2] == "topics" && parts[1].len() >= 3 && parts[3].len() >= 3 {
-                Ok(t.to_owned())
-            } else {
-                Err(anyhow::anyhow!("DEAD_LETTER_TOPIC: `{t}` is not a full topic name (projects/PROJECT/topics/TOPIC)"))
-            }
+            crate::pubsub::gcp::Resource::Topic
+                .full_name(t)
+                .map_err(|e| anyhow::anyhow!("DEAD_LETTER_TOPIC: {e}"))
         })
         .transpose()
 }
