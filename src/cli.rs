@@ -3,6 +3,9 @@
 //! - `pushworker serve`: run the worker (configuration from flags and env).
 //! - `pushworker dev-token google|clerk`: mint a token from the development
 //!   identity, for `curl` and the replay tools.
+//! - `pushworker replay`: deliver messages from files or a subscription as a
+//!   push would.
+//! - `pushworker redrive`: republish dead-lettered messages to a topic.
 
 use std::path::PathBuf;
 
@@ -35,6 +38,9 @@ pub enum Command {
     DevToken(DevTokenArgs),
     /// Deliver messages from files or a subscription as Pub/Sub push would.
     Replay(Box<crate::replay::ReplayArgs>),
+    /// Republish messages from a dead-letter subscription to a topic, each
+    /// acked once its publish is confirmed.
+    Redrive(Box<crate::redrive::RedriveArgs>),
 }
 
 /// `dev-token` options.
@@ -105,6 +111,10 @@ pub async fn run(cli: Cli, logs: &telemetry::LogGuard) -> anyhow::Result<()> {
         Command::Replay(args) => {
             telemetry::init(logs, telemetry::LogFormat::Text, None);
             crate::replay::run(*args).await
+        }
+        Command::Redrive(args) => {
+            telemetry::init(logs, telemetry::LogFormat::Text, None);
+            crate::redrive::run(*args).await
         }
     }
 }
