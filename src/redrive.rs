@@ -4,14 +4,15 @@
 //! `PUBSUB_EMULATOR_HOST`) and republishes each message to a topic with its
 //! data, attributes and ordering key, plus [`REDRIVEN_FROM`]: the full name of
 //! the subscription it came from. A message is acked only once its publish is
-//! confirmed; a failed publish is nacked, so the message stays, and the run
-//! stops pulling and ends with an error.
+//! confirmed. The first failed publish stops the pull and the run ends with
+//! an error; the message stays on the subscription.
 //!
 //! `--filter job=NAME` picks messages by job: the `JOB_ATTRIBUTE` attribute,
 //! else the `pushworker.job` one the dead-letter publisher adds. The others,
-//! and every message of a `--dry-run`, are held (their leases extended) until
-//! the run ends, so each is looked at once, and are then nacked so they
-//! return to the subscription at once. The run ends after `--limit`
+//! every message of a `--dry-run` and any whose publish failed are held
+//! (their leases extended) until the run ends, so each is looked at once, and
+//! are then nacked, once the pull has closed, so they return to the
+//! subscription at once. The run ends after `--limit`
 //! messages, or once no new message has come for `--idle-secs`.
 
 use std::{
@@ -307,7 +308,9 @@ struct Run<'a> {
     held: Vec<Handler>,
     /// Message ids already handled: a redelivery is held, not counted again.
     seen: HashSet<String>,
-    publishes: JoinSet<Result<(), Failure>>,
+    /// Each publish, ending in a failure with its message's handler, held
+    /// rather than nacked so it is not redelivered to this run.
+    publishes: JoinSet<Result<(), (Failure, Handler)>>,
     in_flight: Arc<Semaphore>,
     /// Messages handed to the publisher (or listed), for `--limit`.
     started: u64,
@@ -318,10 +321,11 @@ impl Run<'_> {
         !self.summary.failed.is_empty() || self.args.limit.is_some_and(|l| self.started >= l)
     }
 
-    fn record(&mut self, joined: Result<Result<(), Failure>, tokio::task::JoinError>) {
+    fn record(&mut self, joined: Result<Result<(), (Failure, Handler)>, tokio::task::JoinError>) {
         match joined {
             Ok(Ok(())) => self.summary.redriven += 1,
-            Ok(Err(failure)) => {
+            Ok(Err((failure, handler))) => {
+                self.held.push(handler);
                 self.progress.stderr(&format!(
                     "failed: {}: {} (nacked; it stays on {})",
                     failure.message_id, failure.error, self.args.from
@@ -386,19 +390,20 @@ impl Run<'_> {
                     handler.ack();
                     Ok(())
                 }
-                Err(e) => {
-                    handler.nack();
-                    Err(Failure {
+                Err(e) => Err((
+                    Failure {
                         message_id,
                         error: e.to_string(),
-                    })
-                }
+                    },
+                    handler,
+                )),
             }
         });
         Ok(())
     }
 
-    /// Waits for every publish, then returns the held messages.
+    /// Waits for every publish, then returns the held messages. Call once
+    /// the stream is closed, so they are not handed straight back to it.
     async fn finish(mut self) -> Summary {
         while let Some(joined) = self.publishes.join_next().await {
             self.record(joined);
@@ -420,9 +425,21 @@ pub async fn redrive(target: &PubsubTarget, args: &RedriveArgs) -> anyhow::Resul
     } else {
         Some(target.publisher(&args.to).await?)
     };
+    // Without a filter, nothing past the limit is leased; held messages
+    // count against the bound, so with one the bound stays wide.
+    let outstanding = match args.limit {
+        Some(limit) if args.filters.is_empty() => {
+            i64::try_from(limit).map_or(MAX_OUTSTANDING, |l| l.min(MAX_OUTSTANDING))
+        }
+        _ => MAX_OUTSTANDING,
+    };
     let mut stream = subscriber
         .subscribe(args.from.clone())
-        .set_max_outstanding_messages(MAX_OUTSTANDING)
+        .set_max_outstanding_messages(outstanding)
+        // Messages sent to the stream but not read when it closes come back
+        // after this, rather than after the default minute.
+        .set_max_lease_extension(Duration::from_secs(10))
+        // Keeps the leases of the handlers still held once the stream closes.
         .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
         .build();
     let shutdown = stream.shutdown_token();
@@ -470,6 +487,9 @@ pub async fn redrive(target: &PubsubTarget, args: &RedriveArgs) -> anyhow::Resul
             }
         }
     }
+    // Close the pull first: nacked messages go back to the subscription, not
+    // to this stream.
+    drop(stream);
     let summary = run.finish().await;
     // Let the acks and nacks reach the server before returning.
     shutdown.shutdown().await;

@@ -306,8 +306,8 @@ fn dev_identity(args: &ServeArgs) -> anyhow::Result<Option<Arc<DevIdentity>>> {
 
 /// The dead-letter topic, if set: a full topic name.
 fn dead_letter_topic(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    args
-        .pubsub.dead_letter_topic
+    args.pubsub
+        .dead_letter_topic
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())

@@ -17,6 +17,7 @@ mod ledger;
 mod lifecycle;
 mod logs;
 mod push;
+mod redrive;
 mod reliability;
 mod runs;
 mod token_cache;
