@@ -3,6 +3,9 @@
 //! - `pushworker serve`: run the worker (configuration from flags and env).
 //! - `pushworker dev-token google|clerk`: mint a token from the development
 //!   identity, for `curl` and the replay tools.
+//! - `pushworker replay`: deliver messages from files or a subscription as a
+//!   push would.
+//! - `pushworker redrive`: republish dead-lettered messages to a topic.
 //! - `pushworker openapi`: print the OpenAPI document (`make openapi` writes
 //!   it to `docs/openapi.json`).
 
@@ -44,6 +47,9 @@ pub enum Command {
     /// Print the OpenAPI 3.1 document that `GET /openapi.json` serves (with
     /// the built-in jobs).
     Openapi,
+    /// Republish messages from a dead-letter subscription to a topic, each
+    /// acked once its publish is confirmed.
+    Redrive(Box<crate::redrive::RedriveArgs>),
 }
 
 /// `dev-token` options.
@@ -116,6 +122,10 @@ pub async fn run(cli: Cli, logs: &telemetry::LogGuard) -> anyhow::Result<()> {
             crate::replay::run(*args).await
         }
         Command::Openapi => openapi(),
+        Command::Redrive(args) => {
+            telemetry::init(logs, telemetry::LogFormat::Text, None);
+            crate::redrive::run(*args).await
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! it: route → extractor → auth → envelope → runner → job → ledger.
 //!
 //! - [`cli`] and `main.rs` — the `pushworker` command line (`serve`,
-//!   `dev-token`, `replay`).
+//!   `dev-token`, `replay`, `redrive`).
 //! - [`startup`] — [`startup::Application`] builds the parts from a
 //!   [`config::Config`], binds the listener and serves.
 //! - [`config`] — flags and environment, parsed and validated once at
@@ -44,6 +44,9 @@
 //! - [`replay`] — `pushworker replay`: deliver messages from files or a
 //!   subscription (real Pub/Sub or the emulator) exactly as a push would,
 //!   each with a bearer token.
+//! - [`redrive`] — `pushworker redrive`: republish the messages of a
+//!   dead-letter subscription to a topic, each acked once its publish is
+//!   confirmed.
 //! - [`runner`] — the one sequence both handlers call: record and claim, run
 //!   the job, record its end.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.
@@ -65,6 +68,7 @@ pub mod http;
 pub mod jobs;
 pub mod principal;
 pub mod pubsub;
+pub mod redrive;
 pub mod replay;
 pub mod runner;
 pub mod runs;

@@ -326,18 +326,15 @@ fn dev_identity(args: &ServeArgs) -> anyhow::Result<Option<Arc<DevIdentity>>> {
 
 /// The dead-letter topic, if set: a full topic name.
 fn dead_letter_topic(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    args
-        .pubsub.dead_letter_topic
+    args.pubsub
+        .dead_letter_topic
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| {
-            let parts: Vec<&str> = t.split('/').collect();
-            if parts.len() == 4 && parts[0] == "projects" && parts[2] == "topics" && parts[1].len() >= 3 && parts[3].len() >= 3 {
-                Ok(t.to_owned())
-            } else {
-                Err(anyhow::anyhow!("DEAD_LETTER_TOPIC: `{t}` is not a full topic name (projects/PROJECT/topics/TOPIC)"))
-            }
+            crate::pubsub::gcp::Resource::Topic
+                .full_name(t)
+                .map_err(|e| anyhow::anyhow!("DEAD_LETTER_TOPIC: {e}"))
         })
         .transpose()
 }

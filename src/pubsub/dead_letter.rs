@@ -13,7 +13,10 @@ use std::{collections::HashMap, time::Duration};
 
 use google_cloud_pubsub::{client::Publisher, model::Message};
 
-use super::{MessageMeta, gcp::PubsubTarget};
+use super::{
+    MessageMeta,
+    gcp::{PubsubTarget, publish_confirmed},
+};
 
 /// Attributes added to a dead-lettered message.
 pub mod attr {
@@ -122,17 +125,7 @@ impl DeadLetter {
         let message = Message::new()
             .set_data(data.to_vec())
             .set_attributes(attributes);
-        let id = tokio::time::timeout(self.timeout, self.publisher.publish(message))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "publish to {} timed out after {:?}",
-                    self.topic,
-                    self.timeout
-                )
-            })?
-            .map_err(|e| anyhow::anyhow!("publish to {} failed: {e}", self.topic))?;
-        Ok(id)
+        Ok(publish_confirmed(&self.publisher, &self.topic, message, self.timeout).await?)
     }
 
     /// Sends whatever is still buffered (call on shutdown).

@@ -228,7 +228,7 @@ fn bridge_args(
 /// Pulls from `sub` (acking) until `expected` messages came, waiting up to
 /// 30 s for them (a loaded machine's emulator can be slow to start
 /// delivering), then 1 s more for any extra.
-async fn drain(emulator: &Emulator, sub: &str, expected: usize) -> Vec<Message> {
+pub(crate) async fn drain(emulator: &Emulator, sub: &str, expected: usize) -> Vec<Message> {
     let subscriber = emulator.target().subscriber().await.unwrap();
     let mut stream = subscriber.subscribe(subscription(sub)).build();
     let mut out = Vec::new();

@@ -19,6 +19,7 @@ mod logs;
 mod openapi;
 mod metrics;
 mod push;
+mod redrive;
 mod reliability;
 mod runs;
 mod token_cache;
