@@ -13,7 +13,7 @@
 //! it: route → extractor → auth → envelope → runner → job → ledger.
 //!
 //! - [`cli`] and `main.rs` — the `pushworker` command line (`serve`,
-//!   `dev-token`, `replay`, `redrive`).
+//!   `dev-token`, `replay`, `redrive`, `openapi`).
 //! - [`startup`] — [`startup::Application`] builds the parts from a
 //!   [`config::Config`], binds the listener and serves.
 //! - [`config`] — flags and environment, parsed and validated once at
@@ -22,8 +22,9 @@
 //!   the rules that span them.
 //! - [`server`] — the accept loop under the router: header and idle timeouts,
 //!   the connection bound, graceful shutdown.
-//! - [`telemetry`] — logging: Cloud Logging JSON or escaped text, written by a
-//!   lossless writer thread; trace-header parsing.
+//! - [`telemetry`] — metrics (a Prometheus recorder per application, served
+//!   on `METRICS_ADDR`); logging: Cloud Logging JSON or escaped text, written
+//!   by a lossless writer thread; trace-header parsing.
 //! - [`http`] — the router, [`http::AppState`], the one [`http::Error`], the
 //!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
 //!   and one module per resource (health, whoami, jobs, push, events, runs, and
@@ -51,8 +52,8 @@
 //!   the job, record its end.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.
 //! - [`runs`] — the run ledger: a record of every dispatch, the claim that
-//!   makes a message, an event or an `Idempotency-Key` run once, and the in-memory and
-//!   PostgreSQL stores.
+//!   makes a message, an event or an `Idempotency-Key` run once, the
+//!   in-memory and PostgreSQL stores, and the metered wrapper.
 //! - [`principal`] — who a verified caller is: plain data that auth makes and
 //!   the jobs and the ledger read.
 //!
