@@ -330,3 +330,23 @@ impl IntoResponse for Error {
         response
     }
 }
+
+/// A run of `POST /jobs/{name}` whose job failed: recorded, and answered
+/// with the status of its failure.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunFailure {
+    /// The run.
+    pub(super) run_id: Uuid,
+    /// The job.
+    pub(super) job: String,
+    /// `failed_permanent`, `failed_transient`, `timed_out` or `panicked`.
+    #[schema(example = "failed_permanent")]
+    pub(super) status: &'static str,
+    /// The failure's kind (`job_failed_permanent`, `job_failed_transient`,
+    /// `job_timeout`, `job_panicked`).
+    pub(super) error: &'static str,
+    /// The job's own message on a permanent failure; a fixed text otherwise.
+    pub(super) message: String,
+    /// How long the job took.
+    pub(super) duration_ms: u64,
+}

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     AppState, Error, dispatch_status,
-    error::retry_after,
+    error::{RunFailure, retry_after},
     extract::{Authenticated, CanTrigger},
     openapi::responses::{
         BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RunPanicked, RunTimedOut,
@@ -74,26 +74,6 @@ pub(super) struct RunResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     #[schema(value_type = Option<bool>)]
     output_truncated: bool,
-}
-
-/// A run of `POST /jobs/{name}` whose job failed: recorded, and answered
-/// with the status of its failure.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct RunFailure {
-    /// The run.
-    run_id: Uuid,
-    /// The job.
-    job: String,
-    /// `failed_permanent`, `failed_transient`, `timed_out` or `panicked`.
-    #[schema(example = "failed_permanent")]
-    status: &'static str,
-    /// The failure's kind (`job_failed_permanent`, `job_failed_transient`,
-    /// `job_timeout`, `job_panicked`).
-    error: &'static str,
-    /// The job's own message on a permanent failure; a fixed text otherwise.
-    message: String,
-    /// How long the job took.
-    duration_ms: u64,
 }
 
 /// The jobs, with their descriptions and payload schemas.

@@ -37,7 +37,10 @@ use utoipa::{
     },
 };
 
-use super::{AppState, error::ErrorBody, jobs::RunFailure};
+use super::{
+    AppState,
+    error::{ErrorBody, RunFailure},
+};
 use crate::{config::Config, jobs::JobRegistry};
 pub use bridge::BridgeError;
 

@@ -15,7 +15,7 @@ use utoipa::{
     },
 };
 
-use super::super::{error::ErrorBody, jobs::RunFailure};
+use super::super::error::{ErrorBody, RunFailure};
 
 fn www_authenticate(description: &str) -> utoipa::openapi::header::Header {
     HeaderBuilder::new()
