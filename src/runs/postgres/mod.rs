@@ -468,7 +468,11 @@ impl PgStore {
         let pg = settings.postgres;
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| anyhow!("DATABASE_URL: not a valid PostgreSQL connection URL"))?
-            .application_name("pushworker");
+            .application_name("pushworker")
+            // A prepared statement's generic plan is kept by its connection;
+            // made while the tables are small, it scans them whole until the
+            // next analyze. A custom plan follows their size.
+            .options([("plan_cache_mode", "force_custom_plan")]);
         // Migrations on a connection of their own, free of the statement
         // timeout (an index build may take longer).
         let mut migrations = sqlx::PgConnection::connect_with(&options)
