@@ -76,6 +76,44 @@ impl Large {
     }
 }
 
+/// Scenario 1 with the metrics listener on and off, interleaved.
+#[derive(Default)]
+pub struct MetricsCost {
+    pub on: Vec<WrkRun>,
+    pub off: Vec<WrkRun>,
+}
+
+impl MetricsCost {
+    fn rps(runs: &[WrkRun]) -> f64 {
+        runs.iter().map(WrkRun::rps).sum::<f64>() / runs.len().max(1) as f64
+    }
+
+    fn cpu_us(runs: &[WrkRun]) -> f64 {
+        runs.iter().map(WrkRun::cpu_us_per_request).sum::<f64>() / runs.len().max(1) as f64
+    }
+
+    /// What metrics cost in throughput, in percent of the rate without them.
+    pub fn cost_pct(&self) -> f64 {
+        let off = Self::rps(&self.off);
+        100.0 * (1.0 - Self::rps(&self.on) / off.max(1.0))
+    }
+
+    fn to_json(&self) -> Value {
+        let side = |runs: &[WrkRun]| {
+            json!({
+                "rps": runs.iter().map(|r| r.rps().round()).collect::<Vec<_>>(),
+                "rps_mean": Self::rps(runs).round(),
+                "server_cpu_us_per_request": round(Self::cpu_us(runs), 1),
+            })
+        };
+        json!({
+            "on": side(&self.on),
+            "off": side(&self.off),
+            "cost_pct": round(self.cost_pct(), 1),
+        })
+    }
+}
+
 pub struct Report<'a> {
     pub args: &'a Args,
     /// In the order measured: one before each scenario, one after the last,
@@ -85,6 +123,8 @@ pub struct Report<'a> {
     pub cold: ColdStart,
     pub idle_kib: u64,
     pub large: Large,
+    /// Scenario 1 with metrics on and off.
+    pub metrics: MetricsCost,
     /// The shared-ledger scenario, unless skipped (`--postgres none`).
     pub postgres: Option<crate::postgres::PgReport>,
 }
@@ -278,6 +318,13 @@ impl Report<'_> {
             measured: format!("{:.1} MB = {:.2}×", mb(l.peak_kib), l.peak_ratio()),
             met: l.peak_ratio() <= 4.0,
         });
+        let cost = self.metrics.cost_pct();
+        t.push(Target {
+            what: "metrics' cost in scenario 1 (on against off)".into(),
+            target: "≤ 5 %".into(),
+            measured: format!("{cost:.1} %"),
+            met: cost <= 5.0,
+        });
         t
     }
 
@@ -339,6 +386,15 @@ impl Report<'_> {
             mb(self.rss_load_kib()),
             a.connections,
             a.duration
+        );
+        let m = &self.metrics;
+        println!(
+            "metrics (scenario 1, on/off interleaved): on {:.0} req/s at {:.1} µs CPU, off {:.0} req/s at {:.1} µs CPU: a cost of {:.1} %",
+            MetricsCost::rps(&m.on),
+            MetricsCost::cpu_us(&m.on),
+            MetricsCost::rps(&m.off),
+            MetricsCost::cpu_us(&m.off),
+            m.cost_pct()
         );
         let st = self.steadiness();
         let (_, min, max) = self.baseline_summary();
@@ -466,6 +522,7 @@ impl Report<'_> {
             "targets": self.targets().iter().map(|t| json!({
                 "what": t.what, "target": t.target, "measured": t.measured, "met": t.met,
             })).collect::<Vec<_>>(),
+            "metrics_cost": self.metrics.to_json(),
             "postgres_ledger": self.postgres.as_ref().map(crate::postgres::PgReport::to_json),
         })
     }

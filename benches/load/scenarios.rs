@@ -15,7 +15,7 @@ use crate::{
     args::Args,
     keys::{self, KeyServer, Signers},
     load::{Load, Wrk, WrkRun},
-    report::{ColdStart, Large, Report, ScenarioRun, Stats},
+    report::{ColdStart, Large, MetricsCost, Report, ScenarioRun, Stats},
     worker::{RawRequest, Worker},
 };
 
@@ -211,6 +211,7 @@ impl Bench {
             });
         }
         baseline()?;
+        let metrics = self.metrics_cost(&worker, &inputs)?;
         drop(worker);
         let postgres = if a.postgres == "none" {
             None
@@ -231,6 +232,7 @@ impl Bench {
         };
 
         Ok(Report {
+            metrics,
             postgres,
             args: a,
             baselines,
@@ -312,6 +314,27 @@ impl Bench {
                 })
             },
         })
+    }
+
+    /// Scenario 1 against `on` (metrics served, as in production) and a
+    /// second worker with `METRICS_ADDR=off`, interleaved on, off, off, on so
+    /// that a drift of the machine falls on both alike.
+    fn metrics_cost(&self, on: &Worker, inputs: &PushInputs) -> Result<MetricsCost> {
+        let off = Worker::spawn_ready_with(self.keys.addr, &[("METRICS_ADDR", "off".into())])?;
+        let load = |w: &Worker| Load::push(w.base(), &inputs.template, &inputs.one_token);
+        self.wrk.run(&load(&off), WARMUP_SECS)?;
+        let mut runs = MetricsCost::default();
+        for metrics_on in [true, false, false, true] {
+            let worker = if metrics_on { on } else { &off };
+            let (run, _) = self.wrk.measured(&load(worker), Some(worker))?;
+            println!(
+                "scenario 1, metrics {}: {:.0} req/s",
+                if metrics_on { "on" } else { "off" },
+                run.rps()
+            );
+            if metrics_on { &mut runs.on } else { &mut runs.off }.push(run);
+        }
+        Ok(runs)
     }
 
     /// The body of the push loads, `@ID@` for wrk to replace.
