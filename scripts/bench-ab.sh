@@ -8,7 +8,9 @@
 # p99, the worker's CPU per request (utime+stime from /proc/PID/stat over the
 # requests served), its RSS when ready and idle, and its peak RSS.
 # The worker's stdout goes to /dev/null, or with STDOUT=pipe to a pipe that
-# `cat` drains, as a platform's log collector reads it.
+# `cat` drains, as a platform's log collector reads it. With FRESH_DB=HOST:PORT
+# each run gets a fresh PostgreSQL database (user postgres, trust auth) as its
+# DATABASE_URL, dropped after it.
 #
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY [PAIRS] [ENV=VALUE ...]
 #
@@ -42,6 +44,12 @@ end
 LUA
 one() {
   local bin=$1; shift
+  local db=
+  if [ -n "${FRESH_DB:-}" ]; then
+    db="ab_$RANDOM$RANDOM"
+    createdb -h "${FRESH_DB%:*}" -p "${FRESH_DB##*:}" -U postgres "$db"
+    set -- "$@" DATABASE_URL="postgres://postgres@$FRESH_DB/$db"
+  fi
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   if [ "${STDOUT:-null}" = pipe ]; then exec 3> >(cat >/dev/null); else exec 3>/dev/null; fi
   env -i PATH="$PATH" HOME="$HOME" PORT="$port" LOG_FORMAT=json DEV_DIR="$work/dev" "$@" "$bin" serve --dev >&3 2>/dev/null &
@@ -64,6 +72,7 @@ one() {
     "$(( (c1 - c0) * 10000 / req ))" "$idle" \
     "$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  [ -z "$db" ] || dropdb -h "${FRESH_DB%:*}" -p "${FRESH_DB##*:}" -U postgres "$db"
 }
 for i in $(seq 1 "$pairs"); do
   printf 'pair %s old ' "$i"; one "$old" "$@"
