@@ -4,11 +4,11 @@
 //! one JSON object per line on stdout in Cloud Logging's structured format
 //! (see [`format`] for its fields).
 //!
-//! Lines go to stdout through [`stdout`]'s batching writer, lossless: a
-//! request appends its line and a writer thread writes what has gathered in
-//! one call, so neither it nor a log collector on the pipe is woken once per
-//! line. [`LogGuard`] holds that thread; dropping it (at the end of `main`)
-//! writes every line still pending.
+//! Lines go to stdout through `tracing-appender`'s non-blocking writer in
+//! lossless mode: a request hands its line over and a writer thread writes
+//! what has queued up in one call, so a log collector on the pipe is not
+//! woken once per line. [`LogGuard`] holds that thread; dropping it (at the
+//! end of `main`) writes every line still queued.
 //!
 //! Text lines escape control characters in every field and message, so no
 //! caller's input can start a line of its own or reach a terminal as an
@@ -18,12 +18,12 @@
 
 mod format;
 pub mod metrics;
-mod stdout;
 mod trace;
 
 use std::io::IsTerminal as _;
 
 pub use trace::trace_context;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter,
     filter::{LevelFilter, Targets},
@@ -47,6 +47,9 @@ pub struct LogArgs {
     pub log_format: Option<LogFormat>,
 }
 
+/// Lines queued for the writer thread before a request waits for it.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -59,7 +62,7 @@ pub enum LogFormat {
 /// Keeps the log writer's thread; dropping it writes every queued line.
 /// `main` owns it and drops it last.
 #[derive(Debug, Default)]
-pub struct LogGuard(std::sync::OnceLock<stdout::StdoutGuard>);
+pub struct LogGuard(std::sync::OnceLock<WorkerGuard>);
 
 /// Installs the global subscriber, its writer thread held by `guard`. Call
 /// once; a second call changes nothing.
@@ -74,13 +77,17 @@ pub fn init(guard: &LogGuard, format: LogFormat, project_id: Option<String>) {
     }
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let (targets, env_filter) = filter(&spec);
-    let (writer, worker) = match stdout::batched_stdout() {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!("pushworker: cannot start the log writer thread: {e}");
-            return;
-        }
-    };
+    let (writer, worker) = NonBlockingBuilder::default()
+        .lossy(false)
+        // The queue is allocated whole at start, and at its default size it
+        // would be most of an idle worker's memory. Full, it makes requests
+        // wait for stdout, never drops a line.
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let registry = tracing_subscriber::registry()
         .with(targets)
         .with(env_filter);
