@@ -451,3 +451,16 @@ async fn postgres_batched_claims_record_what_the_memory_ledger_records() {
         assert_eq!(p, m);
     }
 }
+
+/// The ledger's connections plan each statement for the tables as they are
+/// now: a generic plan made while they were empty would scan them whole.
+#[tokio::test]
+async fn postgres_ledger_connections_use_custom_plans() {
+    let db = TestDb::create().await;
+    let pg = PgStore::connect(&db.url(), settings()).await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}
