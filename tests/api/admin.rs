@@ -179,6 +179,12 @@ async fn assets_headers_and_no_dev_sign_in_outside_dev_mode() {
             "Clerk.session.getToken()",
         ),
         ("/admin/app.css", "text/css", ":root"),
+        (
+            "/admin/vendor/uPlot.iife.min.js",
+            "text/javascript",
+            "var uPlot=",
+        ),
+        ("/admin/vendor/uPlot.min.css", "text/css", ".uplot"),
     ] {
         let response = app
             .client
