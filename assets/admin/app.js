@@ -337,8 +337,12 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
   }
 
-  /** (Re)draws chart `id` with x values `xs` and `series` [{label, color, values}]. */
-  function drawChart(id, xs, series, unit) {
+  /**
+   * (Re)draws chart `id` with x values `xs` and `series` [{label, color,
+   * values}]; `points` marks each value (sparse series, where a lone minute
+   * would draw no line).
+   */
+  function drawChart(id, xs, series, unit, points) {
     const target = $(id);
     overview.charts[id]?.destroy();
     target.replaceChildren();
@@ -354,7 +358,7 @@
         label: s.label,
         stroke: s.color,
         width: 2,
-        points: { show: false },
+        points: { show: Boolean(points), size: 6, fill: s.color },
         spanGaps: false,
       }))],
       legend: { live: true },
@@ -419,7 +423,7 @@
     })), 'runs');
     drawChart('overview-p95', xs, [...p95.keys()].sort().map((job, i) => ({
       label: job, color: SERIES_COLORS[i % SERIES_COLORS.length], values: p95.get(job),
-    })), 'ms');
+    })), 'ms', true);
     if (chartResize) {
       chartResize.observe($('overview-runs'));
       chartResize.observe($('overview-p95'));
