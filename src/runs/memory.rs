@@ -183,6 +183,10 @@ impl MemoryStore {
     }
 }
 
+/// A stats group: the bucket's start (Unix nanoseconds), the job, the
+/// status's name.
+type GroupKey = (i128, String, &'static str);
+
 impl MemoryStore {
     /// What PostgreSQL's `date_bin` and `percentile_cont` answer for the
     /// same runs (see [`super::postgres`]).
@@ -192,8 +196,7 @@ impl MemoryStore {
             .max(1);
         let (low, high) = run_id_range(Some(query.since), Some(query.until));
         // Keyed by (bucket, job, status name): the order PostgreSQL sorts in.
-        let mut groups: BTreeMap<(i128, String, &'static str), (RunStatus, u64, Vec<u64>)> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, (RunStatus, u64, Vec<u64>)> = BTreeMap::new();
         let since = query.since.unix_timestamp_nanos();
         {
             let inner = self.lock();
