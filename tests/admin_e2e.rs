@@ -907,3 +907,114 @@ async fn the_docs_page_tries_echo_signed_in() {
     browser.assert_clean_console(&[]).await;
     browser.close().await;
 }
+
+/// The Overview panel: after a success and a failure from the page, and a
+/// push, its uPlot charts are drawn (canvases, no CDN, under the CSP) and
+/// the runs chart's legend names those statuses, the p95 chart's the job;
+/// the runs list's message id search finds the push's run alone.
+#[tokio::test]
+async fn the_overview_charts_runs_and_the_search_finds_a_message() {
+    let _one = BROWSER.lock().await;
+    let server = start_server().await;
+    let browser = open_browser("overview", &server).await;
+    browser.sign_in("admin").await;
+    browser.visible("#overview-runs canvas").await;
+    browser.visible("#overview-p95 canvas").await;
+
+    browser.click("#job-echo").await;
+    browser.fill("#field-message", "for the overview").await;
+    browser.click("#run-button").await;
+    browser.text_containing("#run-outcome", "succeeded").await;
+    browser.click("#job-order").await;
+    browser
+        .fill("#field-customer", r#"{"email": "ada@example.com"}"#)
+        .await;
+    browser.fill("#field-quantity", "0").await;
+    browser.click("#run-button").await;
+    browser
+        .text_containing("#run-outcome", "failed permanent")
+        .await;
+
+    // A push, as Pub/Sub sends it, with the development service identity.
+    let identity = pushworker::auth::dev::DevIdentity::load_or_create(&server._dir.0).unwrap();
+    let token = identity
+        .google_token(
+            pushworker::auth::dev::DevIdentity::SERVICE_ACCOUNT,
+            pushworker::auth::dev::DevIdentity::GOOGLE_AUDIENCE,
+            300,
+        )
+        .unwrap();
+    let message_id = "e2e-message-4242";
+    let meta = pushworker::pubsub::MessageMeta {
+        message_id: message_id.to_owned(),
+        publish_time: None,
+        subscription: Some("projects/dev/subscriptions/work-push".to_owned()),
+        attributes: [("job".to_owned(), "echo".to_owned())]
+            .into_iter()
+            .collect(),
+        ordering_key: None,
+        delivery_attempt: Some(1),
+        unwrapped: false,
+    };
+    let push = reqwest::Client::new()
+        .post(format!("{}/pubsub/push", server.base))
+        .bearer_auth(token)
+        .json(&pushworker::pubsub::wrap(
+            &meta,
+            br#"{"message": "pushed"}"#,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), 204, "the push is acked");
+
+    browser.click("#overview-refresh").await;
+    let legend = browser
+        .text_containing("#overview-runs .u-legend", "failed_permanent")
+        .await;
+    assert!(legend.contains("succeeded"), "{legend}");
+    browser
+        .text_containing("#overview-p95 .u-legend", "echo")
+        .await;
+    let canvases = browser
+        .script("return document.querySelectorAll('#overview canvas').length")
+        .await;
+    assert_eq!(canvases, 2, "one canvas per chart");
+    browser.screenshot_tall("11-overview").await;
+
+    // The search by message id: the push's run, and nothing else.
+    browser.fill("#filter-message-id", message_id).await;
+    browser
+        .script("document.getElementById('runs-filters').requestSubmit()")
+        .await;
+    let started = Instant::now();
+    loop {
+        let rows = browser
+            .script("return [...document.querySelectorAll('#runs-body tr')].map(r => r.cells[0].innerText + ' ' + r.cells[2].innerText)")
+            .await;
+        if rows == json!(["echo push"]) {
+            break;
+        }
+        if started.elapsed() > WAIT {
+            browser
+                .fail(&format!("the search did not find the push alone: {rows:?}"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.click("#runs-body tr button").await;
+    browser
+        .text_containing("#run-detail-body", message_id)
+        .await;
+    browser.click("#run-detail-close").await;
+    browser.fill("#filter-message-id", "no-such-message").await;
+    browser
+        .script("document.getElementById('runs-filters').requestSubmit()")
+        .await;
+    browser
+        .text_containing("#runs-status", "No runs match")
+        .await;
+    browser.screenshot("12-search").await;
+    browser.assert_clean_console(&["/jobs/order"]).await;
+    browser.close().await;
+}

@@ -1,12 +1,13 @@
 // pushworker admin page: sign in, trigger jobs by hand, watch the runs.
 //
-// Plain JavaScript with no dependencies and no build step: the server embeds
-// this file and serves it as it is. Every call to the API carries
-// `Authorization: Bearer <token>`, where the token comes from ClerkJS
-// (`Clerk.session.getToken()`) or, under `make run`, from the development
-// sign-in, whose token is kept in a variable of this closure only: nothing is
-// ever written to localStorage, sessionStorage or cookies. All text from the
-// server is inserted with textContent, never as HTML.
+// Plain JavaScript with no build step: the server embeds this file and
+// serves it as it is; its one dependency, uPlot (the Overview charts), is
+// vendored in assets/admin/vendor/ and loaded before it. Every call to the
+// API carries `Authorization: Bearer <token>`, where the token comes from
+// ClerkJS (`Clerk.session.getToken()`) or, under `make run`, from the
+// development sign-in, whose token is kept in a variable of this closure
+// only: nothing is ever written to localStorage, sessionStorage or cookies.
+// All text from the server is inserted with textContent, never as HTML.
 (() => {
   'use strict';
 
@@ -225,6 +226,7 @@
     renderAccount();
     await Promise.all([loadWhoami(), loadJobs()]);
     await loadRuns();
+    loadOverview();
   }
 
   // ------------------------------------------------------------------
@@ -315,6 +317,119 @@
       dl(rows, 'facts facts-wide'),
       verdict,
     );
+  }
+
+  // ------------------------------------------------------------------
+  // Overview: runs per minute by status and the p95 duration per job over
+  // the last hour (GET /runs/stats), drawn with the vendored uPlot.
+  // ------------------------------------------------------------------
+
+  const STATUS_ORDER = ['running', 'succeeded', 'failed_transient', 'failed_permanent', 'dead_lettered', 'duplicate', 'conflict'];
+  const STATUS_COLORS = {
+    running: '#1f5fd1', succeeded: '#17743a', failed_transient: '#c77700', failed_permanent: '#b3261e',
+    dead_lettered: '#7a3fb0', duplicate: '#7b8794', conflict: '#d1366f',
+  };
+  const SERIES_COLORS = ['#1f5fd1', '#c77700', '#17743a', '#b3261e', '#7a3fb0', '#0f8b8d', '#d1366f', '#7b8794'];
+  const overview = { charts: {}, loading: false };
+
+  /** The page's own colours (light or dark scheme), for the axes. */
+  function cssColor(name, fallback) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+  }
+
+  /**
+   * (Re)draws chart `id` with x values `xs` and `series` [{label, color,
+   * values}]; `points` marks each value (sparse series, where a lone minute
+   * would draw no line).
+   */
+  function drawChart(id, xs, series, unit, points) {
+    const target = $(id);
+    overview.charts[id]?.destroy();
+    target.replaceChildren();
+    const text = cssColor('--muted', '#5b6472');
+    const grid = cssColor('--border', '#d6dae1');
+    const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    const chart = new window.uPlot({
+      width: Math.max(target.clientWidth, 280),
+      height: 220,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+      axes: [axis, Object.assign({ label: unit, labelSize: 20 }, axis)],
+      series: [{ label: 'time' }, ...series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        width: 2,
+        points: { show: Boolean(points), size: 6, fill: s.color },
+        spanGaps: false,
+      }))],
+      legend: { live: true },
+    }, [xs, ...series.map((s) => s.values)], target);
+    overview.charts[id] = chart;
+  }
+
+  /** Keeps the charts as wide as their boxes. */
+  const chartResize = typeof ResizeObserver === 'function' ? new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const chart = overview.charts[entry.target.id];
+      const width = Math.max(Math.floor(entry.contentRect.width), 280);
+      if (chart && chart.width !== width) chart.setSize({ width, height: 220 });
+    }
+  }) : null;
+
+  async function loadOverview() {
+    if (!auth || $('app').hidden || overview.loading) return;
+    const status = $('overview-status');
+    if (typeof window.uPlot !== 'function') {
+      status.className = 'notice error';
+      status.textContent = 'The charts could not be drawn: uPlot did not load.';
+      return;
+    }
+    overview.loading = true;
+    let result;
+    try {
+      result = await api('/runs/stats?bucket=1m');
+    } finally {
+      overview.loading = false;
+    }
+    if (!result.ok) {
+      status.className = result.status === 404 ? 'notice' : 'notice error';
+      status.textContent = result.status === 404
+        ? 'Run statistics are not available on this server (GET /runs/stats answered 404).'
+        : `Could not load the overview (${describeFailure(result)}).`;
+      return;
+    }
+    const stats = result.body;
+    const step = stats.bucket_secs;
+    const from = Date.parse(stats.since) / 1000;
+    const to = Date.parse(stats.until) / 1000;
+    const xs = [];
+    for (let t = from; t < to; t += step) xs.push(t);
+    const counts = new Map();
+    const p95 = new Map();
+    for (const b of stats.buckets || []) {
+      const i = Math.round((Date.parse(b.start) / 1000 - from) / step);
+      if (i < 0 || i >= xs.length) continue;
+      if (!counts.has(b.status)) counts.set(b.status, xs.map(() => 0));
+      counts.get(b.status)[i] += b.count;
+      if (b.status === 'succeeded' && b.p95_ms !== null && b.p95_ms !== undefined) {
+        if (!p95.has(b.job)) p95.set(b.job, xs.map(() => null));
+        p95.get(b.job)[i] = b.p95_ms;
+      }
+    }
+    // Known statuses in their usual order, then any this page does not know.
+    const statuses = STATUS_ORDER.filter((s) => counts.has(s))
+      .concat([...counts.keys()].filter((s) => !STATUS_ORDER.includes(s)).sort());
+    drawChart('overview-runs', xs, statuses.map((s, i) => ({
+      label: s, color: STATUS_COLORS[s] || SERIES_COLORS[i % SERIES_COLORS.length], values: counts.get(s),
+    })), 'runs');
+    drawChart('overview-p95', xs, [...p95.keys()].sort().map((job, i) => ({
+      label: job, color: SERIES_COLORS[i % SERIES_COLORS.length], values: p95.get(job),
+    })), 'ms', true);
+    if (chartResize) {
+      chartResize.observe($('overview-runs'));
+      chartResize.observe($('overview-p95'));
+    }
+    status.className = 'notice';
+    status.textContent = stats.buckets?.length ? '' : 'No runs in the last hour.';
   }
 
   // ------------------------------------------------------------------
@@ -818,6 +933,8 @@
       const value = $(`filter-${name}`).value;
       if (value) params.set(name, value);
     }
+    const messageId = $('filter-message-id').value.trim();
+    if (messageId) params.set('message_id', messageId);
     params.set('limit', '25');
     return params;
   }
@@ -975,6 +1092,10 @@
     $('run-detail-close').addEventListener('click', () => $('run-detail').close());
     $('run-again').addEventListener('click', runAgain);
     $('run-detail').addEventListener('close', () => { shownRun = null; });
+    $('filter-message-id').addEventListener('search', () => loadRuns());
+    $('overview-refresh').addEventListener('click', () => loadOverview());
+    // The last hour moves on: redraw each minute while the page is seen.
+    setInterval(() => { if (!document.hidden) loadOverview(); }, 60000);
   }
 
   async function start() {

@@ -1,7 +1,7 @@
 //! `/admin`: the admin page, shipped inside the binary.
 //!
 //! The page is three static files under `assets/admin/` (HTML, one script, one
-//! stylesheet), embedded at compile time: one binary serves the worker and its
+//! stylesheet), and uPlot for its charts under `assets/admin/vendor/`, embedded at compile time: one binary serves the worker and its
 //! admin page, there is no build step and nothing else to deploy. The page
 //! calls the same API as everyone else (`/auth/whoami`, `/jobs`, `/runs`) with
 //! `Authorization: Bearer`; it has no privileges of its own.
@@ -57,6 +57,11 @@ use crate::{
 const INDEX_HTML: &str = include_str!("../../assets/admin/index.html");
 const APP_JS: &str = include_str!("../../assets/admin/app.js");
 const APP_CSS: &str = include_str!("../../assets/admin/app.css");
+/// uPlot, for the Overview charts: npm's `uplot`, vendored by
+/// `scripts/vendor-uplot.sh`. It styles its elements through the CSSOM
+/// (`el.style.x = …`), which `style-src 'self'` allows: no inline style.
+const UPLOT_JS: &str = include_str!("../../assets/admin/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../assets/admin/vendor/uPlot.min.css");
 
 /// Where the HTML template takes the ClerkJS `<script>` tag.
 const CLERK_SCRIPT_SLOT: &str = "<!-- clerk-js -->";
@@ -258,6 +263,24 @@ pub(super) fn router(config: &Config) -> Router<AppState> {
         .route(
             "/admin/config.json",
             serve(|p| p.config.clone(), "application/json"),
+        )
+        .route(
+            "/admin/vendor/uPlot.iife.min.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UPLOT_JS,
+                )
+            }),
+        )
+        .route(
+            "/admin/vendor/uPlot.min.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    UPLOT_CSS,
+                )
+            }),
         );
     if sign_in == SignIn::Dev {
         router = router.route("/admin/dev/session", post(dev_session));

@@ -15,6 +15,7 @@
 //! | `GET /admin` (+ `app.js`, `app.css`, `config.json`) | anyone | the admin page (signs in with Clerk) |
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
 //! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |
+//! | `GET /runs/stats` | the same | runs per bucket, job and status, with p50/p95 durations ([`run_stats`]) |
 //! | `GET /openapi.json`, `GET /docs` (+ assets) | anyone (`OPENAPI_ENABLED`) | the OpenAPI 3.1 document, and Swagger UI over it ([`openapi`]) |
 //!
 //! With `CORS_ALLOWED_ORIGINS` set, a CORS layer wraps every route so that an
@@ -29,6 +30,7 @@ mod health;
 mod jobs;
 pub mod openapi;
 mod push;
+mod run_stats;
 mod runs;
 mod state;
 mod whoami;
@@ -53,6 +55,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(push::router())
         .merge(events::router())
         .merge(runs::router())
+        .merge(run_stats::router())
 }
 
 /// The OpenAPI document of the API serving `jobs` (see [`openapi`]).

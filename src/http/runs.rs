@@ -5,6 +5,10 @@
 //! `next_cursor` is opaque (pass it back as `cursor`) and `null` on the last
 //! page. A filter with a value outside its allowed set is a 400 that lists the
 //! allowed values, so a typo never reads as "no runs".
+//!
+//! Searches: `message_id=` (push runs of that Pub/Sub message),
+//! `idempotency_key=` (runs of that `Idempotency-Key`), and a time range of
+//! `started_at`, `since=` (inclusive) and `until=` (exclusive), RFC 3339.
 
 use std::collections::HashMap;
 
@@ -13,6 +17,7 @@ use axum::{
     extract::{Path, Query, State, rejection::QueryRejection},
 };
 use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -47,7 +52,7 @@ pub(super) struct RunPage {
     next_cursor: Option<String>,
 }
 
-fn invalid(message: String) -> Error {
+pub(super) fn invalid(message: String) -> Error {
     Error::BadRequest {
         code: "invalid_query",
         message,
@@ -57,9 +62,10 @@ fn invalid(message: String) -> Error {
 /// Validates the query string into a [`RunQuery`].
 fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
     for name in params.keys() {
-        if !["job", "status", "source", "limit", "cursor"].contains(&name.as_str()) {
+        if !ALLOWED.contains(&name.as_str()) {
             return Err(invalid(format!(
-                "unknown parameter `{name}`; allowed: job, status, source, limit, cursor"
+                "unknown parameter `{name}`; allowed: {}",
+                ALLOWED.join(", ")
             )));
         }
     }
@@ -105,12 +111,60 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
     if job.as_ref().is_some_and(|j| j.len() > 200) {
         return Err(invalid("job must be at most 200 characters".to_owned()));
     }
+    let message_id = text("message_id").map(str::to_owned);
+    if message_id.as_ref().is_some_and(|m| m.len() > 200) {
+        return Err(invalid(
+            "message_id must be at most 200 characters".to_owned(),
+        ));
+    }
+    let idempotency_key = text("idempotency_key").map(str::to_owned);
+    if idempotency_key.as_ref().is_some_and(|k| k.len() > 255) {
+        return Err(invalid(
+            "idempotency_key must be at most 255 characters".to_owned(),
+        ));
+    }
+    let since = text("since").map(|v| rfc3339("since", v)).transpose()?;
+    let until = text("until").map(|v| rfc3339("until", v)).transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since >= until
+    {
+        return Err(invalid(
+            "since must be before until (the range is since inclusive to until exclusive)"
+                .to_owned(),
+        ));
+    }
     Ok(RunQuery {
         job,
         status,
         source,
         before,
         limit,
+        message_id,
+        idempotency_key,
+        since,
+        until,
+    })
+}
+
+/// The query parameters `GET /runs` takes.
+const ALLOWED: [&str; 9] = [
+    "job",
+    "status",
+    "source",
+    "limit",
+    "cursor",
+    "message_id",
+    "idempotency_key",
+    "since",
+    "until",
+];
+
+/// A query parameter's RFC 3339 time.
+pub(super) fn rfc3339(name: &str, value: &str) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+        invalid(format!(
+            "{name} must be an RFC 3339 time such as 2026-12-07T09:30:00Z (a `+` offset is sent as %2B)"
+        ))
     })
 }
 
@@ -126,6 +180,10 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
         ("source" = Option<RunSource>, Query, description = "Only runs from this source."),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before, as it was returned."),
+        ("message_id" = Option<String>, Query, max_length = 200, description = "Only push runs of this Pub/Sub message id (every delivery of it: runs, duplicates, conflicts)."),
+        ("idempotency_key" = Option<String>, Query, max_length = 255, description = "Only runs triggered with this `Idempotency-Key`."),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only runs started at or after this RFC 3339 time."),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only runs started before this RFC 3339 time (after `since`)."),
     ),
     security(("clerk_session" = [])),
     responses(

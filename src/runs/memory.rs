@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::{
     ABANDONED, Claim, ClaimState, Finish, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage, RunQuery,
-    RunRecord, RunStatus, RunStore, StoreFuture, StoreSettings, conflict_error, now_micros,
+    RunRecord, RunSource, RunStatus, RunStore, StatsBucket, StatsQuery, StoreFuture, StoreSettings,
+    conflict_error, now_micros, percentile_cont, run_id_range,
 };
 
 #[derive(Debug)]
@@ -182,6 +183,69 @@ impl MemoryStore {
     }
 }
 
+/// A stats group: the bucket's start (Unix nanoseconds), the job, the
+/// status's name.
+type GroupKey = (i128, String, &'static str);
+
+impl MemoryStore {
+    /// What PostgreSQL's `date_bin` and `percentile_cont` answer for the
+    /// same runs (see [`super::postgres`]).
+    fn stats_now(&self, query: &StatsQuery) -> Vec<StatsBucket> {
+        let bucket_nanos = i128::try_from(query.bucket.as_nanos())
+            .unwrap_or(i128::MAX)
+            .max(1);
+        let (low, high) = run_id_range(Some(query.since), Some(query.until));
+        // Keyed by (bucket, job, status name): the order PostgreSQL sorts in.
+        let mut groups: BTreeMap<GroupKey, (RunStatus, u64, Vec<u64>)> = BTreeMap::new();
+        let since = query.since.unix_timestamp_nanos();
+        {
+            let inner = self.lock();
+            for run in id_range(&inner.runs, low, high).map(|(_, r)| r) {
+                if run.started_at < query.since || run.started_at >= query.until {
+                    continue;
+                }
+                let offset = run.started_at.unix_timestamp_nanos() - since;
+                let bucket = since + offset / bucket_nanos * bucket_nanos;
+                let group = groups
+                    .entry((bucket, run.job.clone(), run.status.as_str()))
+                    .or_insert_with(|| (run.status, 0, Vec::new()));
+                group.1 += 1;
+                group.2.extend(run.duration_ms);
+            }
+        }
+        groups
+            .into_iter()
+            .filter_map(|((bucket, job, _), (status, count, mut durations))| {
+                durations.sort_unstable();
+                Some(StatsBucket {
+                    start: OffsetDateTime::from_unix_timestamp_nanos(bucket).ok()?,
+                    job,
+                    status,
+                    count,
+                    p50_ms: percentile_cont(&durations, 0.5),
+                    p95_ms: percentile_cont(&durations, 0.95),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The records whose ids are in `[start, end)` (each side open when
+/// `None`); none when the range is empty (where `BTreeMap::range` panics).
+fn id_range(
+    runs: &BTreeMap<Uuid, RunRecord>,
+    start: Option<Uuid>,
+    end: Option<Uuid>,
+) -> std::collections::btree_map::Range<'_, Uuid, RunRecord> {
+    match (start, end) {
+        (Some(s), Some(e)) if s >= e => runs.range(s..s),
+        (s, e) => runs.range((
+            s.map_or(Bound::Unbounded, Bound::Included),
+            e.map_or(Bound::Unbounded, Bound::Excluded),
+        )),
+    }
+}
+
 /// Marks a running run as failed (its lease expired or it was abandoned).
 fn mark_failed(inner: &mut Inner, run_id: Uuid, why: &str) {
     if let Some(run) = inner.runs.get_mut(&run_id)
@@ -247,15 +311,30 @@ impl RunStore for MemoryStore {
 
     fn list(&self, query: RunQuery) -> StoreFuture<'_, RunPage> {
         let inner = self.lock();
-        let end = query.before.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut matching = inner
-            .runs
-            .range((Bound::Unbounded, end))
+        let (low, high) = run_id_range(query.since, query.until);
+        let end = match (query.before, high) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut matching = id_range(&inner.runs, low, end)
             .rev()
             .map(|(_, r)| r)
             .filter(|r| query.job.as_deref().is_none_or(|j| r.job == j))
             .filter(|r| query.status.is_none_or(|s| r.status == s))
-            .filter(|r| query.source.is_none_or(|s| r.source == s));
+            .filter(|r| query.source.is_none_or(|s| r.source == s))
+            .filter(|r| {
+                query.message_id.as_deref().is_none_or(|m| {
+                    r.source == RunSource::Push && r.message_id.as_deref() == Some(m)
+                })
+            })
+            .filter(|r| {
+                query
+                    .idempotency_key
+                    .as_deref()
+                    .is_none_or(|k| r.idempotency_key.as_deref() == Some(k))
+            })
+            .filter(|r| query.since.is_none_or(|t| r.started_at >= t))
+            .filter(|r| query.until.is_none_or(|t| r.started_at < t));
         let runs: Vec<RunRecord> = matching.by_ref().take(query.limit).cloned().collect();
         let more = matching.next().is_some();
         drop(inner);
@@ -265,6 +344,11 @@ impl RunStore for MemoryStore {
             None
         };
         async move { Ok(RunPage { runs, next }) }.boxed()
+    }
+
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
+        let buckets = self.stats_now(&query);
+        async move { Ok(buckets) }.boxed()
     }
 
     fn prune(&self) -> StoreFuture<'_, u64> {

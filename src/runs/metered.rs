@@ -9,7 +9,10 @@ use std::{sync::Arc, time::Instant};
 use ::metrics::Histogram;
 use uuid::Uuid;
 
-use super::{Claim, Finish, NewRun, RunPage, RunQuery, RunRecord, RunStore, StoreFuture};
+use super::{
+    Claim, Finish, NewRun, RunPage, RunQuery, RunRecord, RunStore, StatsBucket, StatsQuery,
+    StoreFuture,
+};
 use crate::telemetry::metrics::{Metrics, names};
 
 /// The wrapped store and one histogram per operation, registered up front.
@@ -21,6 +24,7 @@ pub struct Metered {
     get: Histogram,
     list: Histogram,
     prune: Histogram,
+    stats: Histogram,
 }
 
 impl Metered {
@@ -39,6 +43,7 @@ impl Metered {
             get: histogram("get"),
             list: histogram("list"),
             prune: histogram("prune"),
+            stats: histogram("stats"),
             inner,
         }
     }
@@ -80,5 +85,9 @@ impl RunStore for Metered {
 
     fn prune(&self) -> StoreFuture<'_, u64> {
         timed(&self.prune, self.inner.prune())
+    }
+
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
+        timed(&self.stats, self.inner.stats(query))
     }
 }

@@ -428,6 +428,82 @@ pub struct RunQuery {
     pub before: Option<Uuid>,
     /// At most this many (1 to 200).
     pub limit: usize,
+    /// Only push runs of this Pub/Sub message id.
+    pub message_id: Option<String>,
+    /// Only runs of this `Idempotency-Key` (manual and service triggers).
+    pub idempotency_key: Option<String>,
+    /// Only runs started at or after this moment.
+    pub since: Option<OffsetDateTime>,
+    /// Only runs started before this moment.
+    pub until: Option<OffsetDateTime>,
+}
+
+/// How far a run's id (taken first) and its `started_at` (taken just after,
+/// from the same clock) may lie apart: a time range is searched on the
+/// primary key widened by this much, then on `started_at` exactly.
+pub const RUN_ID_MARGIN: Duration = Duration::from_secs(1);
+
+/// The smallest UUIDv7 of the millisecond of `at` (clamped to what a UUIDv7
+/// can hold): run ids are UUIDv7, so "started from `at` on" is a range of
+/// run ids.
+pub fn run_id_floor(at: OffsetDateTime) -> Uuid {
+    let millis = (at.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1);
+    let millis = u128::try_from(millis).unwrap_or(0);
+    Uuid::from_u128(millis << 80 | 0x7 << 76)
+}
+
+/// The run-id range that holds every run started in `[since, until)`
+/// (each side open when `None`), widened by [`RUN_ID_MARGIN`].
+pub fn run_id_range(
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+) -> (Option<Uuid>, Option<Uuid>) {
+    (
+        since.map(|t| run_id_floor(t - RUN_ID_MARGIN)),
+        until.map(|t| run_id_floor(t + RUN_ID_MARGIN)),
+    )
+}
+
+/// A `GET /runs/stats` query, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsQuery {
+    /// The first bucket's start (a multiple of `bucket` since the epoch).
+    pub since: OffsetDateTime,
+    /// Runs started before this moment (now, when asked).
+    pub until: OffsetDateTime,
+    /// Each bucket's length, whole seconds.
+    pub bucket: Duration,
+}
+
+/// The runs of one job with one status that started in one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StatsBucket {
+    /// When the bucket starts (it lasts `bucket_secs`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    /// The job.
+    pub job: String,
+    /// The runs' status now.
+    pub status: RunStatus,
+    /// How many runs.
+    pub count: u64,
+    /// The median `duration_ms` of those that have one (linear
+    /// interpolation, as PostgreSQL's `percentile_cont`); `null` when none
+    /// has (runs still running).
+    pub p50_ms: Option<f64>,
+    /// The 95th percentile of `duration_ms`, as `p50_ms`.
+    pub p95_ms: Option<f64>,
+}
+
+/// The `p`-th percentile (0 to 1) of `sorted` (ascending), interpolated
+/// linearly between the two nearest values, as `percentile_cont` does.
+pub fn percentile_cont(sorted: &[u64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let at = p.clamp(0.0, 1.0) * last as f64;
+    let (low, high) = (at.floor() as usize, at.ceil() as usize);
+    let value = |i: usize| sorted.get(i.min(last)).map_or(0.0, |&v| v as f64);
+    let (a, b) = (value(low), value(high));
+    Some(a + (b - a) * (at - low as f64))
 }
 
 /// One page of runs, newest first.
@@ -483,6 +559,12 @@ pub trait RunStore: Send + Sync + fmt::Debug + 'static {
 
     /// Runs matching `query`, newest first.
     fn list(&self, query: RunQuery) -> StoreFuture<'_, RunPage>;
+
+    /// Per bucket of `query.bucket` from `query.since`, per job and status:
+    /// how many runs started, and their median and 95th percentile
+    /// duration. Ordered by bucket, job, status; a combination with no run
+    /// is left out.
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>>;
 
     /// Marks runs left `running` past the lease as failed, and deletes
     /// records past the retention. Returns how many records were deleted.
@@ -652,6 +734,32 @@ mod tests {
             text,
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// The interpolation PostgreSQL's `percentile_cont` does.
+    #[test]
+    fn percentiles_interpolate_like_percentile_cont() {
+        assert_eq!(percentile_cont(&[], 0.5), None);
+        assert_eq!(percentile_cont(&[7], 0.95), Some(7.0));
+        assert_eq!(percentile_cont(&[100, 200], 0.5), Some(150.0));
+        let tens: Vec<u64> = (1..=10).map(|i| i * 10).collect();
+        assert_eq!(percentile_cont(&tens, 0.5), Some(55.0));
+        let p95 = percentile_cont(&tens, 0.95).unwrap();
+        assert!((p95 - 95.5).abs() < 1e-9, "{p95}");
+        assert_eq!(percentile_cont(&tens, 1.0), Some(100.0));
+    }
+
+    /// A run's id is at or above the floor of its millisecond, and below the
+    /// floor of the next one.
+    #[test]
+    fn run_id_floors_bound_the_ids_of_their_millisecond() {
+        let id = Uuid::now_v7();
+        let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+        let at = OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap()).unwrap()
+            + Duration::from_nanos(u64::from(nanos));
+        assert!(run_id_floor(at) <= id);
+        assert!(id < run_id_floor(at + Duration::from_millis(1)));
+        assert_eq!(run_id_floor(at).get_version_num(), 7);
     }
 
     #[test]

@@ -91,7 +91,17 @@ async fn clerk_page_loads_clerkjs_from_the_frontend_api_of_the_publishable_key()
     let html = response.text().await.unwrap();
 
     let scripts = script_tags(&html);
-    assert_eq!(scripts.len(), 2, "ClerkJS and app.js only: {scripts:?}");
+    assert_eq!(
+        scripts.len(),
+        3,
+        "ClerkJS, the vendored uPlot and app.js only: {scripts:?}"
+    );
+    assert!(
+        scripts
+            .iter()
+            .any(|s| s.contains(r#"src="/admin/vendor/uPlot.iife.min.js""#)),
+        "uPlot from this origin, not a CDN: {scripts:?}"
+    );
     let clerk_src = format!("{frontend}/npm/@clerk/clerk-js@5/dist/clerk.browser.js");
     assert!(
         scripts
@@ -179,6 +189,12 @@ async fn assets_headers_and_no_dev_sign_in_outside_dev_mode() {
             "Clerk.session.getToken()",
         ),
         ("/admin/app.css", "text/css", ":root"),
+        (
+            "/admin/vendor/uPlot.iife.min.js",
+            "text/javascript",
+            "var uPlot=",
+        ),
+        ("/admin/vendor/uPlot.min.css", "text/css", ".uplot"),
     ] {
         let response = app
             .client

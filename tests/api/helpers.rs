@@ -756,6 +756,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /runs/stats?{query}`.
+    pub async fn run_stats(&self, token: &str, query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/runs/stats?{query}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `GET /runs/{id}`.
     pub async fn get_run(&self, token: &str, id: &str) -> reqwest::Response {
         self.client

@@ -42,13 +42,14 @@ use uuid::Uuid;
 pub use batcher::BatchLimits;
 use batcher::{Answers, Batcher, OrphanFn, WriteFn};
 use statements::{
-    CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS, RUN_COLUMNS,
+    CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS, RUN_COLUMNS, RUN_STATS,
 };
 
 use super::RunSource;
 use super::{
     ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
-    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoreSettings,
+    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StatsBucket, StatsQuery, StoreError,
+    StoreFuture, StoreSettings,
 };
 
 /// The embedded migrations.
@@ -594,6 +595,26 @@ impl PgStore {
         if let Some(before) = query.before {
             sql.push(" AND run_id < ").push_bind(before);
         }
+        // The partial indexes of migrations/20261212000101_run_search.sql
+        // hold exactly these predicates.
+        if let Some(message_id) = query.message_id {
+            sql.push(" AND source = 'push' AND message_id = ")
+                .push_bind(clean(&message_id));
+        }
+        if let Some(key) = query.idempotency_key {
+            sql.push(" AND idempotency_key = ").push_bind(clean(&key));
+        }
+        // A time range is a range of the primary key, then exact on
+        // started_at: no index of its own.
+        let (low, high) = super::run_id_range(query.since, query.until);
+        if let (Some(low), Some(since)) = (low, query.since) {
+            sql.push(" AND run_id >= ").push_bind(low);
+            sql.push(" AND started_at >= ").push_bind(since);
+        }
+        if let (Some(high), Some(until)) = (high, query.until) {
+            sql.push(" AND run_id < ").push_bind(high);
+            sql.push(" AND started_at < ").push_bind(until);
+        }
         let limit = i64::try_from(query.limit).unwrap_or(200);
         sql.push(" ORDER BY run_id DESC LIMIT ")
             .push_bind(limit + 1);
@@ -610,6 +631,36 @@ impl PgStore {
             None
         };
         Ok(RunPage { runs, next })
+    }
+
+    async fn stats_of(&self, query: StatsQuery) -> Result<Vec<StatsBucket>, StoreError> {
+        let (low, high) = super::run_id_range(Some(query.since), Some(query.until));
+        let rows = sqlx::query(RUN_STATS)
+            .bind(query.bucket.as_secs_f64())
+            .bind(query.since)
+            .bind(query.until)
+            .bind(low)
+            .bind(high)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable("counting runs"))?;
+        let bad = |e: sqlx::Error| StoreError::Unavailable(anyhow!(e).context("reading run stats"));
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status").map_err(bad)?;
+                let count: i64 = row.try_get("count").map_err(bad)?;
+                Ok(StatsBucket {
+                    start: row.try_get("bucket").map_err(bad)?,
+                    job: row.try_get("job").map_err(bad)?,
+                    status: RunStatus::parse(&status).ok_or_else(|| {
+                        StoreError::Unavailable(anyhow!("unknown run status `{status}`"))
+                    })?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    p50_ms: row.try_get("p50_ms").map_err(bad)?,
+                    p95_ms: row.try_get("p95_ms").map_err(bad)?,
+                })
+            })
+            .collect()
     }
 
     async fn prune_now(&self) -> Result<u64, StoreError> {
@@ -714,6 +765,10 @@ impl RunStore for PgStore {
 
     fn list(&self, query: RunQuery) -> StoreFuture<'_, RunPage> {
         deadline(self.operation_timeout(), self.list_runs(query)).boxed()
+    }
+
+    fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
+        deadline(self.operation_timeout(), self.stats_of(query)).boxed()
     }
 
     fn prune(&self) -> StoreFuture<'_, u64> {

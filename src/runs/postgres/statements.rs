@@ -160,3 +160,16 @@ pub const PRUNE_RUNS: &str = concat!(
     boundary!("$1"),
     " LIMIT $2))"
 );
+
+/// `GET /runs/stats`: per bucket (`date_bin` from `$2`, the first bucket's
+/// start), job and status, the count and the median and 95th percentile
+/// duration of the runs started in `[$2, $3)`. The time range is a range of
+/// the primary key (`$4`, `$5`: run ids are UUIDv7), then exact on
+/// `started_at`. Sorted bytewise (`"C"`), as the memory store sorts.
+pub const RUN_STATS: &str = "SELECT date_bin(make_interval(secs => $1), started_at, $2) AS bucket, \
+    job, status, count(*) AS count, \
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms, \
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms \
+    FROM runs \
+    WHERE run_id >= $4 AND run_id < $5 AND started_at >= $2 AND started_at < $3 \
+    GROUP BY 1, 2, 3 ORDER BY 1, job COLLATE \"C\", status COLLATE \"C\"";
