@@ -332,7 +332,12 @@ impl Bench {
                 if metrics_on { "on" } else { "off" },
                 run.rps()
             );
-            if metrics_on { &mut runs.on } else { &mut runs.off }.push(run);
+            if metrics_on {
+                &mut runs.on
+            } else {
+                &mut runs.off
+            }
+            .push(run);
         }
         Ok(runs)
     }
