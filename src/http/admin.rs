@@ -1,8 +1,9 @@
 //! `/admin`: the admin page, shipped inside the binary.
 //!
 //! The page is three static files under `assets/admin/` (HTML, one script, one
-//! stylesheet), and uPlot for its charts under `assets/admin/vendor/`, embedded at compile time: one binary serves the worker and its
-//! admin page, there is no build step and nothing else to deploy. The page
+//! stylesheet) and uPlot for its charts under `assets/admin/vendor/`, embedded
+//! at compile time: one binary serves the worker and its admin page, there is
+//! no build step and nothing else to deploy. The page
 //! calls the same API as everyone else (`/auth/whoami`, `/jobs`, `/runs`) with
 //! `Authorization: Bearer`; it has no privileges of its own.
 //!
@@ -39,7 +40,7 @@ use axum::{
     extract::{ConnectInfo, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Redirect, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -228,6 +229,11 @@ struct Page {
     csp: HeaderValue,
 }
 
+/// A file embedded in the binary, served as it is.
+pub(super) fn asset(body: &'static str, content_type: &'static str) -> MethodRouter<AppState> {
+    get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) })
+}
+
 /// The `/admin` routes for this configuration (the development sign-in only
 /// in dev mode: in any other mode the route does not exist).
 pub(super) fn router(config: &Config) -> Router<AppState> {
@@ -254,33 +260,20 @@ pub(super) fn router(config: &Config) -> Router<AppState> {
         .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
         .route(
             "/admin/app.js",
-            serve(|_| APP_JS.to_owned(), "text/javascript; charset=utf-8"),
+            asset(APP_JS, "text/javascript; charset=utf-8"),
         )
-        .route(
-            "/admin/app.css",
-            serve(|_| APP_CSS.to_owned(), "text/css; charset=utf-8"),
-        )
+        .route("/admin/app.css", asset(APP_CSS, "text/css; charset=utf-8"))
         .route(
             "/admin/config.json",
             serve(|p| p.config.clone(), "application/json"),
         )
         .route(
             "/admin/vendor/uPlot.iife.min.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    UPLOT_JS,
-                )
-            }),
+            asset(UPLOT_JS, "text/javascript; charset=utf-8"),
         )
         .route(
             "/admin/vendor/uPlot.min.css",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-                    UPLOT_CSS,
-                )
-            }),
+            asset(UPLOT_CSS, "text/css; charset=utf-8"),
         );
     if sign_in == SignIn::Dev {
         router = router.route("/admin/dev/session", post(dev_session));

@@ -26,7 +26,7 @@ use super::{
     AppState, Error,
     extract::CanViewRuns,
     openapi::responses::{BadRequest, Forbidden, Unauthorized, Unavailable},
-    runs::{invalid, rfc3339},
+    runs::{invalid, only, rfc3339},
 };
 use crate::runs::{StatsBucket, StatsQuery, now_micros};
 
@@ -78,14 +78,7 @@ fn bucket_secs(text: &str) -> Option<i64> {
 
 /// Validates the query string into a [`StatsQuery`], as of `now`.
 fn parse_query(params: &HashMap<String, String>, now: OffsetDateTime) -> Result<StatsQuery, Error> {
-    if let Some(name) = params
-        .keys()
-        .find(|n| !["since", "bucket"].contains(&n.as_str()))
-    {
-        return Err(invalid(format!(
-            "unknown parameter `{name}`; allowed: since, bucket"
-        )));
-    }
+    only(params, &["since", "bucket"])?;
     let text = |name: &str| {
         params
             .get(name)

@@ -61,14 +61,7 @@ pub(super) fn invalid(message: String) -> Error {
 
 /// Validates the query string into a [`RunQuery`].
 fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
-    for name in params.keys() {
-        if !ALLOWED.contains(&name.as_str()) {
-            return Err(invalid(format!(
-                "unknown parameter `{name}`; allowed: {}",
-                ALLOWED.join(", ")
-            )));
-        }
-    }
+    only(params, &ALLOWED)?;
     let text = |name: &str| {
         params
             .get(name)
@@ -158,6 +151,17 @@ const ALLOWED: [&str; 9] = [
     "since",
     "until",
 ];
+
+/// A 400 naming the first parameter not in `allowed`.
+pub(super) fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Error> {
+    match params.keys().find(|n| !allowed.contains(&n.as_str())) {
+        Some(name) => Err(invalid(format!(
+            "unknown parameter `{name}`; allowed: {}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// A query parameter's RFC 3339 time.
 pub(super) fn rfc3339(name: &str, value: &str) -> Result<OffsetDateTime, Error> {

@@ -20,7 +20,7 @@ use axum::{
 
 use super::super::{
     AppState,
-    admin::{SignIn, content_security_policy, with_clerk_script, with_security_headers},
+    admin::{SignIn, asset, content_security_policy, with_clerk_script, with_security_headers},
 };
 use crate::config::Config;
 
@@ -41,9 +41,6 @@ pub(super) fn router(config: &Config) -> Router<AppState> {
             let body = Arc::clone(&body);
             async move { ([(header::CONTENT_TYPE, content_type)], body.to_string()) }
         })
-    };
-    let asset = |body: &'static str, content_type: &'static str| {
-        get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) })
     };
     Router::new()
         .route("/docs", page(html, "text/html; charset=utf-8"))

@@ -607,12 +607,16 @@ impl PgStore {
         // A time range is a range of the primary key, then exact on
         // started_at: no index of its own.
         let (low, high) = super::run_id_range(query.since, query.until);
-        if let (Some(low), Some(since)) = (low, query.since) {
+        if let Some(low) = low {
             sql.push(" AND run_id >= ").push_bind(low);
+        }
+        if let Some(high) = high {
+            sql.push(" AND run_id < ").push_bind(high);
+        }
+        if let Some(since) = query.since {
             sql.push(" AND started_at >= ").push_bind(since);
         }
-        if let (Some(high), Some(until)) = (high, query.until) {
-            sql.push(" AND run_id < ").push_bind(high);
+        if let Some(until) = query.until {
             sql.push(" AND started_at < ").push_bind(until);
         }
         let limit = i64::try_from(query.limit).unwrap_or(200);
