@@ -10,11 +10,18 @@
 //! record. Its key then stays claimed until the lease expires, and the
 //! redelivery after that runs the job again (at-least-once, as with any
 //! crash).
+//!
+//! A run can be cancelled on request (`POST /runs/{id}/cancel`): the
+//! request marks the run in the ledger and fires its token here at once if
+//! this instance runs it; every instance polls the ledger for marks on the
+//! runs it holds ([`RunControl::spawn_poller`]), so a cancel reaches a run
+//! on another instance within [`CANCEL_POLL`]. The run then ends
+//! `cancelled`, unless its job finished first.
 
 use axum::body::Bytes;
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -38,6 +45,10 @@ use crate::{
 
 /// Longest error text kept in a record.
 const ERROR_CAP_BYTES: usize = 8 * 1024;
+
+/// How often each instance asks the ledger whether a run it holds was
+/// asked to stop.
+pub const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// Pauses between tries to record a run's end.
 const FINISH_RETRIES: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
@@ -75,6 +86,8 @@ pub struct RunRequest {
     /// The payload bytes the job decodes (shared, not copied: the push path
     /// keeps them for dead-lettering).
     pub payload: Bytes,
+    /// On a re-run: the run whose recorded payload this runs again.
+    pub rerun_of: Option<Uuid>,
 }
 
 /// How a request ended.
@@ -188,7 +201,9 @@ fn finish_for(
     match &result {
         Ok(_) => {}
         Err(e) => {
-            finish.status = if e.is_permanent() {
+            finish.status = if matches!(e, DispatchError::Cancelled) {
+                RunStatus::Cancelled
+            } else if e.is_permanent() {
                 RunStatus::FailedPermanent
             } else {
                 RunStatus::FailedTransient
@@ -367,6 +382,100 @@ impl Drop for InFlight {
     }
 }
 
+/// The runs in flight on this instance, each with the token a cancel request
+/// fires.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    in_flight: Mutex<HashMap<Uuid, CancellationToken>>,
+}
+
+impl RunControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+        // The map holds no invariant a panic elsewhere could break.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `run_id` as in flight until the guard is dropped; the token
+    /// fires on a cancel request.
+    fn hold(self: &Arc<Self>, run_id: Uuid) -> (CancellationToken, Held) {
+        let requested = CancellationToken::new();
+        self.lock().insert(run_id, requested.clone());
+        (
+            requested,
+            Held {
+                control: Arc::clone(self),
+                run_id,
+            },
+        )
+    }
+
+    /// Fires the cancel of `run_id` if it runs here; whether it does.
+    pub fn cancel(&self, run_id: Uuid) -> bool {
+        match self.lock().get(&run_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The runs in flight here.
+    pub fn in_flight(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Every [`CANCEL_POLL`] while runs are in flight here, asks `store`
+    /// which of them were asked to stop (by a request to any instance), and
+    /// cancels those. Stops with `stop`.
+    pub fn spawn_poller(
+        self: &Arc<Self>,
+        store: Arc<dyn RunStore>,
+        stop: Arc<CancellationToken>,
+    ) -> tokio::task::JoinHandle<()> {
+        let control = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(CANCEL_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let held = control.in_flight();
+                if held.is_empty() {
+                    continue;
+                }
+                match store.cancel_requests(held).await {
+                    Ok(marked) => {
+                        for run_id in marked {
+                            control.cancel(run_id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading cancel requests failed; will try again");
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A run held in [`RunControl`] until dropped (even by a task that is
+/// aborted).
+struct Held {
+    control: Arc<RunControl>,
+    run_id: Uuid,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.control.lock().remove(&self.run_id);
+    }
+}
+
 /// Records, claims, runs and finishes. Cheap to build per request.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -375,6 +484,7 @@ pub struct Runner {
     stop: Arc<CancellationToken>,
     limits: RunLimits,
     metrics: Arc<RunMetrics>,
+    control: Arc<RunControl>,
 }
 
 impl Runner {
@@ -385,6 +495,7 @@ impl Runner {
         stop: Arc<CancellationToken>,
         limits: RunLimits,
         metrics: Arc<RunMetrics>,
+        control: Arc<RunControl>,
     ) -> Self {
         Self {
             store,
@@ -392,6 +503,7 @@ impl Runner {
             stop,
             limits,
             metrics,
+            control,
         }
     }
 
@@ -432,6 +544,9 @@ impl Runner {
             output: None,
             output_truncated: false,
             duplicate_of: None,
+            rerun_of: request.rerun_of,
+            cancel_requested_at: None,
+            cancelled_by: None,
             dedup_key: None,
         };
         let claim = self
@@ -508,8 +623,10 @@ impl Runner {
         let source = request.source;
         let payload = request.payload;
         let metrics = Arc::clone(&self.metrics);
+        let (requested, held) = self.control.hold(run_id);
         let task = tokio::spawn(
             async move {
+                let _held = held;
                 let in_flight = metrics.running(&job);
                 let started = std::time::Instant::now();
                 let cancel = ctx.cancel.clone();
@@ -517,12 +634,17 @@ impl Runner {
                 tokio::pin!(dispatch);
                 let result = tokio::select! {
                     // The job first: one that finishes at once never looks
-                    // at `stop`.
+                    // at `stop` or a cancel request.
                     biased;
                     result = &mut dispatch => result,
                     () = stop.cancelled() => {
                         cancel.cancel();
                         dispatch.await
+                    }
+                    () = requested.cancelled() => {
+                        cancel.cancel();
+                        // A job that still finished within its grace ran.
+                        dispatch.await.map_err(|_| DispatchError::Cancelled)
                     }
                 };
                 let elapsed = started.elapsed();

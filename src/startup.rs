@@ -159,6 +159,8 @@ impl Application {
                 runs,
                 stop: Arc::new(tokio_util::sync::CancellationToken::new()),
                 metrics: instruments,
+                control: Arc::default(),
+                reruns: Arc::default(),
             },
         })
     }
@@ -216,6 +218,12 @@ impl Application {
         if let Some(listener) = self.metrics_listener {
             listener.spawn(&self.state.metrics.metrics, metrics_stop);
         }
+        // Cancel requests reach the runs held here until serving ends.
+        let poll_stop = Arc::new(tokio_util::sync::CancellationToken::new());
+        let _stop_polling = (*poll_stop).clone().drop_guard();
+        self.state
+            .control
+            .spawn_poller(Arc::clone(&self.state.runs), poll_stop);
         let app = router(self.state)?;
         crate::server::serve(self.listener, app, &http, signal).await;
         if let Some(dl) = dead_letter {

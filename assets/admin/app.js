@@ -227,6 +227,7 @@
     await Promise.all([loadWhoami(), loadJobs()]);
     await loadRuns();
     loadOverview();
+    loadDead();
   }
 
   // ------------------------------------------------------------------
@@ -993,10 +994,20 @@
     $('runs-table').hidden = list.length === 0;
   }
 
-  const FAILED = new Set(['failed_transient', 'failed_permanent', 'dead_lettered', 'timed_out', 'panicked']);
+  const FAILED = new Set(['failed_transient', 'failed_permanent', 'dead_lettered', 'cancelled']);
+  const DEAD = 'failed_permanent,dead_lettered';
+
+  /** Run control (cancel, re-run) is for people who may trigger jobs. */
+  function canControl() {
+    return Boolean(whoami?.can_trigger) && whoami?.principal?.kind === 'clerk';
+  }
 
   function canRunAgain(run) {
-    return FAILED.has(run.status) && !run.payload_truncated && Boolean(whoami?.can_trigger) && jobs.some((j) => j.name === run.job);
+    return FAILED.has(run.status) && run.payload !== null && run.payload !== undefined && !run.payload_truncated && canControl() && jobs.some((j) => j.name === run.job);
+  }
+
+  function canCancel(run) {
+    return run.status === 'running' && !run.cancel_requested_at && canControl();
   }
 
   function block(title, value, note) {
@@ -1021,12 +1032,15 @@
         run.message_id ? ['Message', h('code', {}, run.message_id)] : null,
         run.subscription ? ['Subscription', h('code', {}, run.subscription)] : null,
         run.idempotency_key ? ['Idempotency key', h('code', {}, run.idempotency_key)] : null,
+        run.rerun_of ? ['Re-run of', h('button', { type: 'button', class: 'link', onclick: () => openRun(run.rerun_of) }, h('code', {}, run.rerun_of))] : null,
+        run.cancel_requested_at ? ['Cancel asked', h('span', {}, `${formatTime(run.cancel_requested_at)} by `, h('code', {}, run.cancelled_by ? run.cancelled_by.id : '?'))] : null,
       ]),
       ...block('Payload', run.payload, run.payload_truncated ? 'Truncated: too large to keep whole, so it cannot be run again from here.' : null),
       ...block('Output', run.output),
       ...block('Error', run.error),
     );
     $('run-again').hidden = !canRunAgain(run);
+    $('run-cancel').hidden = !canCancel(run);
   }
 
   async function openRun(id) {
@@ -1050,16 +1064,119 @@
     scheduleLive(1000);
     let result;
     try {
-      result = await api(`/jobs/${encodeURIComponent(shownRun.job)}`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': randomKey() },
-        body: JSON.stringify(shownRun.payload ?? {}),
-      });
+      // The recorded payload, run again on the server: the new run carries rerun_of.
+      result = await api(`/runs/${encodeURIComponent(shownRun.run_id)}/rerun`, { method: 'POST' });
     } finally {
       inFlight -= 1;
       button.disabled = false;
     }
     renderRunResult(target, result);
+    loadRuns();
+  }
+
+  async function cancelRun() {
+    if (!shownRun || !canCancel(shownRun)) return;
+    const run = shownRun;
+    const button = $('run-cancel');
+    button.disabled = true;
+    const target = $('run-again-result');
+    let result;
+    try {
+      result = await api(`/runs/${encodeURIComponent(run.run_id)}/cancel`, { method: 'POST' });
+    } finally {
+      button.disabled = false;
+    }
+    if (result.ok) {
+      target.replaceChildren(h('p', { class: 'notice' }, 'Cancel requested: the run stops within a second.'));
+      renderRunDetail(result.body);
+      // The run ends cancelled shortly: show it when it has.
+      setTimeout(() => { if (shownRun && shownRun.run_id === run.run_id) openRun(run.run_id); }, 1500);
+    } else {
+      target.replaceChildren(h('p', { class: 'error' }, `Could not cancel the run (${describeFailure(result)}).`));
+    }
+    loadRuns();
+  }
+
+  // ------------------------------------------------------------------
+  // Dead letters: runs that failed for good or were dead-lettered.
+  // ------------------------------------------------------------------
+
+  let deadRuns = [];
+  const selected = new Set();
+
+  async function loadDead() {
+    if (!auth || $('app').hidden) return;
+    const result = await api(`/runs?status=${DEAD}&limit=50`);
+    const status = $('dead-status');
+    if (!result.ok) {
+      status.className = 'notice error';
+      status.textContent = `Could not load dead letters (${describeFailure(result)}).`;
+      deadRuns = [];
+    } else {
+      deadRuns = result.body.runs || [];
+      status.className = 'notice';
+      status.textContent = deadRuns.length ? '' : 'No run failed for good or was dead-lettered.';
+    }
+    for (const id of [...selected]) if (!deadRuns.some((r) => r.run_id === id)) selected.delete(id);
+    renderDead();
+  }
+
+  function renderDead() {
+    $('dead-body').replaceChildren(...deadRuns.map((run) => h('tr', { 'data-run': run.run_id, 'data-status': run.status },
+      h('td', {}, h('input', {
+        type: 'checkbox',
+        'aria-label': `Select ${run.job}, started ${formatTime(run.started_at)}`,
+        checked: selected.has(run.run_id),
+        onchange: (e) => { if (e.target.checked) selected.add(run.run_id); else selected.delete(run.run_id); updateDeadActions(); },
+      })),
+      h('td', { 'data-label': 'Job' }, h('button', { type: 'button', class: 'link', onclick: () => openRun(run.run_id) }, run.job)),
+      h('td', { 'data-label': 'Status' }, statusBadge(run.status)),
+      h('td', { 'data-label': 'Source' }, run.source),
+      h('td', { 'data-label': 'Started', class: 'nowrap' }, formatTime(run.started_at, true)),
+      h('td', { 'data-label': 'Error' }, run.error_kind || ''))));
+    $('dead-table').hidden = deadRuns.length === 0;
+    $('dead-select-all').checked = deadRuns.length > 0 && deadRuns.every((r) => selected.has(r.run_id));
+    updateDeadActions();
+  }
+
+  function updateDeadActions() {
+    $('dead-rerun-selected').disabled = !canControl() || selected.size === 0;
+    $('dead-rerun-all').disabled = !canControl() || deadRuns.length === 0;
+    $('dead-rerun-selected').textContent = selected.size ? `Re-run selected (${selected.size})` : 'Re-run selected';
+  }
+
+  async function bulkRerun(filter) {
+    const progress = $('dead-progress');
+    progress.className = 'notice';
+    progress.textContent = 'Starting…';
+    const result = await api('/runs/rerun', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(filter),
+    });
+    if (!result.ok) {
+      progress.className = 'notice error';
+      progress.textContent = `Could not re-run (${describeFailure(result)}).`;
+      return;
+    }
+    selected.clear();
+    const { bulk_id: bulkId, matched } = result.body;
+    progress.dataset.bulk = bulkId;
+    progress.textContent = `Re-running ${matched} run${matched === 1 ? '' : 's'}…`;
+    for (;;) {
+      const step = await api(`/runs/rerun/${encodeURIComponent(bulkId)}`);
+      if (!step.ok) {
+        progress.className = 'notice error';
+        progress.textContent = `Could not read the progress (${describeFailure(step)}).`;
+        return;
+      }
+      const p = step.body;
+      progress.textContent = `${p.finished ? 'Done' : 'Re-running'}: ${p.done} of ${p.matched} (${p.succeeded} succeeded, ${p.failed} failed, ${p.skipped} skipped).`;
+      if (p.finished) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    progress.dataset.finished = 'true';
+    loadDead();
     loadRuns();
   }
 
@@ -1091,6 +1208,14 @@
     $('runs-more').addEventListener('click', () => loadRuns(true));
     $('run-detail-close').addEventListener('click', () => $('run-detail').close());
     $('run-again').addEventListener('click', runAgain);
+    $('run-cancel').addEventListener('click', cancelRun);
+    $('dead-refresh').addEventListener('click', () => loadDead());
+    $('dead-select-all').addEventListener('change', (e) => {
+      for (const run of deadRuns) if (e.target.checked) selected.add(run.run_id); else selected.delete(run.run_id);
+      renderDead();
+    });
+    $('dead-rerun-selected').addEventListener('click', () => bulkRerun({ run_ids: [...selected] }));
+    $('dead-rerun-all').addEventListener('click', () => bulkRerun({ status: DEAD.split(','), limit: 200 }));
     $('run-detail').addEventListener('close', () => { shownRun = null; });
     $('filter-message-id').addEventListener('search', () => loadRuns());
     $('overview-refresh').addEventListener('click', () => loadOverview());

@@ -149,6 +149,19 @@ impl Principal {
         }
     }
 
+    /// Whether this caller may control runs (cancel, re-run): a Clerk user
+    /// who may trigger jobs. Each action is recorded with who did it, so it
+    /// is for people, not service accounts.
+    pub fn check_control_runs(&self, trigger: &TriggerPolicy) -> Result<(), AuthError> {
+        match self {
+            Self::Google(_) => Err(AuthError::InsufficientScope(
+                "cancelling and re-running runs is for people signed in with Clerk, not service accounts"
+                    .to_owned(),
+            )),
+            Self::Clerk(_) => self.check_trigger(trigger),
+        }
+    }
+
     /// Whether this caller may read the run ledger: a Clerk user with
     /// `view_permission`, or one who may trigger jobs.
     pub fn check_view_runs(

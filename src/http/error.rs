@@ -117,6 +117,22 @@ pub enum Error {
         /// The run that holds the key.
         run_id: Uuid,
     },
+    /// A cancel of a run that is not running: 409 with its `run_id`.
+    #[error("run {run_id} is not running (it is {status}); only a running run can be cancelled")]
+    RunNotRunning {
+        /// The run.
+        run_id: Uuid,
+        /// Its status.
+        status: crate::runs::RunStatus,
+    },
+    /// A re-run of a run whose payload was not kept: 409 with its `run_id`.
+    #[error(
+        "run {run_id}'s payload was not kept (it was over RUN_PAYLOAD_CAP_BYTES, or not JSON), so it cannot be run again; trigger the job with the payload instead"
+    )]
+    PayloadNotKept {
+        /// The run.
+        run_id: Uuid,
+    },
     /// The run ledger cannot be reached: 503 with `Retry-After`. Nothing ran
     /// unrecorded; on the push path it is a nack.
     #[error(transparent)]
@@ -150,7 +166,10 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::DeadLetterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::RunInProgress { .. } | Self::MessageConflict { .. } => StatusCode::CONFLICT,
+            Self::RunInProgress { .. }
+            | Self::MessageConflict { .. }
+            | Self::RunNotRunning { .. }
+            | Self::PayloadNotKept { .. } => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -181,6 +200,8 @@ impl Error {
             Self::RunInProgress { .. } => "run_in_progress",
             Self::MessageConflict { .. } => "message_conflict",
             Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Self::RunNotRunning { .. } => "run_not_running",
+            Self::PayloadNotKept { .. } => "payload_not_kept",
             Self::Store(_) => "store_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -199,6 +220,8 @@ pub fn dispatch_status(err: &DispatchError) -> StatusCode {
         DispatchError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
         DispatchError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         DispatchError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
+        // Only the manual trigger answers it (a cancelled push is acked).
+        DispatchError::Cancelled => StatusCode::CONFLICT,
     }
 }
 
@@ -242,7 +265,8 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// On `run_in_progress`, `message_conflict` and
-    /// `idempotency_key_reused`: the run that holds the key.
+    /// `idempotency_key_reused`: the run that holds the key; on
+    /// `run_not_running` and `payload_not_kept`: the run asked about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
 }
@@ -293,7 +317,9 @@ impl IntoResponse for Error {
             }
             if let Self::RunInProgress { run_id }
             | Self::IdempotencyKeyReused { run_id }
-            | Self::MessageConflict { run_id } = &self
+            | Self::MessageConflict { run_id }
+            | Self::RunNotRunning { run_id, .. }
+            | Self::PayloadNotKept { run_id } = &self
             {
                 body.run_id = Some(*run_id);
             }
@@ -339,11 +365,12 @@ pub struct RunFailure {
     pub(super) run_id: Uuid,
     /// The job.
     pub(super) job: String,
-    /// `failed_permanent`, `failed_transient`, `timed_out` or `panicked`.
+    /// `failed_permanent`, `failed_transient`, `timed_out`, `panicked` or
+    /// `cancelled`.
     #[schema(example = "failed_permanent")]
     pub(super) status: &'static str,
     /// The failure's kind (`job_failed_permanent`, `job_failed_transient`,
-    /// `job_timeout`, `job_panicked`).
+    /// `job_timeout`, `job_panicked`, `run_cancelled`).
     pub(super) error: &'static str,
     /// The job's own message on a permanent failure; a fixed text otherwise.
     pub(super) message: String,

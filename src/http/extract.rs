@@ -4,7 +4,9 @@
 //! - [`Authenticated`]: any verified caller (`/auth/whoami`, `GET /jobs`);
 //! - [`CanTrigger`]: may run jobs ([`Principal::check_trigger`]);
 //! - [`CanPush`]: may deliver to the push routes ([`Principal::check_push`]);
-//! - [`CanViewRuns`]: may read the run ledger ([`Principal::check_view_runs`]).
+//! - [`CanViewRuns`]: may read the run ledger ([`Principal::check_view_runs`]);
+//! - [`CanControlRuns`]: may cancel and re-run runs
+//!   ([`Principal::check_control_runs`]).
 
 use std::sync::Arc;
 
@@ -33,6 +35,11 @@ pub struct CanPush(pub Arc<Principal>);
 /// [`Principal::check_view_runs`]).
 #[derive(Debug, Clone)]
 pub struct CanViewRuns(pub Arc<Principal>);
+
+/// A person allowed to cancel and re-run runs (see
+/// [`Principal::check_control_runs`]).
+#[derive(Debug, Clone)]
+pub struct CanControlRuns(pub Arc<Principal>);
 
 impl<S> FromRequestParts<S> for Authenticated
 where
@@ -93,6 +100,24 @@ where
         state.auth.authorize(
             &principal,
             principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission),
+        )?;
+        Ok(Self(principal))
+    }
+}
+
+impl<S> FromRequestParts<S> for CanControlRuns
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let principal = state.auth.authenticate(&parts.headers).await?;
+        state.auth.authorize(
+            &principal,
+            principal.check_control_runs(&state.config.trigger),
         )?;
         Ok(Self(principal))
     }

@@ -19,7 +19,7 @@ use super::{
     error::{RunFailure, retry_after},
     extract::{Authenticated, CanTrigger},
     openapi::responses::{
-        BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RunPanicked, RunTimedOut,
+        BadRequest, Forbidden, NotFound, PayloadTooLarge, RunConflict, RunPanicked, RunTimedOut,
         RunUnavailable, RunUnprocessable, Unauthorized, Unavailable,
     },
 };
@@ -218,7 +218,7 @@ fn replay(job: &str, original_run_id: Uuid, original: Option<&RunRecord>) -> Res
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
+        (status = 409, response = RunConflict),
         (status = 413, response = PayloadTooLarge),
         (status = 422, response = RunUnprocessable),
         (status = 500, response = RunPanicked),
@@ -262,8 +262,19 @@ async fn trigger(
             attempt: attempt_from_headers(&headers),
             idempotency_key: key,
             payload,
+            rerun_of: None,
         })
         .await?;
+    answer(name, digest, outcome)
+}
+
+/// The answer to a manual run (`POST /jobs/{name}`, and the re-run of a
+/// recorded one) whose payload had `digest`.
+pub(super) fn answer(
+    name: String,
+    digest: crate::runs::PayloadDigest,
+    outcome: Outcome,
+) -> Result<Response, Error> {
     let (run_id, result, duration_ms) = match outcome {
         Outcome::Ran {
             run_id,
@@ -339,6 +350,10 @@ async fn trigger(
                 DispatchError::Permanent(text) => ("failed_permanent", text.clone()),
                 DispatchError::Timeout(_) => ("timed_out", "the job timed out".to_owned()),
                 DispatchError::Panicked => ("panicked", "internal error".to_owned()),
+                DispatchError::Cancelled => (
+                    "cancelled",
+                    "the run was cancelled on request before the job finished".to_owned(),
+                ),
                 _ => (
                     "failed_transient",
                     "the job failed with a transient error; retry later".to_owned(),

@@ -16,12 +16,15 @@
 //! | `POST /admin/dev/session` | dev mode, loopback only | a development sign-in token |
 //! | `GET /runs`, `GET /runs/{id}` | Clerk users with the view or trigger permission | the run ledger |
 //! | `GET /runs/stats` | the same | runs per bucket, job and status, with p50/p95 durations ([`run_stats`]) |
+//! | `POST /runs/{id}/cancel`, `POST /runs/{id}/rerun`, `POST /runs/rerun` | Clerk users with the trigger permission | stop a run, run a recorded payload again, re-run many ([`control`]) |
+//! | `GET /runs/rerun/{bulk_id}` | Clerk users with the view or trigger permission | a bulk re-run's progress |
 //! | `GET /openapi.json`, `GET /docs` (+ assets) | anyone (`OPENAPI_ENABLED`) | the OpenAPI 3.1 document, and Swagger UI over it ([`openapi`]) |
 //!
 //! With `CORS_ALLOWED_ORIGINS` set, a CORS layer wraps every route so that an
 //! admin page hosted on another origin can call the API.
 
 pub mod admin;
+mod control;
 mod cors;
 mod error;
 mod events;
@@ -56,6 +59,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(runs::router())
         .merge(run_stats::router())
+        .merge(control::router())
 }
 
 /// The OpenAPI document of the API serving `jobs` (see [`openapi`]).

@@ -28,6 +28,7 @@
 //! | running, lease live, same digest | 409 `run_in_progress`, recorded as `duplicate` | nack: it comes back, and runs if that run failed or died |
 //! | succeeded or running, other digest | 409 `message_conflict`, recorded as `conflict`, logged at error level with both runs | a permanent failure (below): nack, or dead-lettered and acked |
 //! | ledger unreachable | 503 `store_unavailable` + `Retry-After` | nack; nothing runs unrecorded |
+//! | cancelled on request while it ran (`POST /runs/{id}/cancel`) | 204, recorded as `cancelled` | ack: cancel means "don't retry"; a redelivery is a `duplicate` |
 //!
 //! With `DEAD_LETTER_TOPIC` set, every permanent failure (a conflict
 //! included) is instead published there (with the reason) and only then
@@ -61,7 +62,7 @@ use super::{
 use crate::{
     auth::Principal,
     events::EventContext,
-    jobs::RunSource,
+    jobs::{DispatchError, RunSource},
     pubsub::{self, MessageMeta, dead_letter::Reason},
     runner::{Outcome, RunRequest},
     runs::{DedupKey, Finish, RunStatus, message_digest},
@@ -424,11 +425,20 @@ pub(super) async fn deliver(state: &AppState, delivery: Delivery) -> Result<Stat
             attempt,
             idempotency_key: None,
             payload: payload_or_empty_object(data.clone()),
+            rerun_of: None,
         })
         .await?;
     match outcome {
         // Acked: the request line (204, with the job, message and run) says so.
         Outcome::Ran { result: Ok(_), .. } => Ok(StatusCode::NO_CONTENT),
+        // Cancel means "don't retry": the run is recorded `cancelled`.
+        Outcome::Ran {
+            result: Err(DispatchError::Cancelled),
+            ..
+        } => {
+            tracing::info!("run cancelled on request (acked, not retried)");
+            Ok(StatusCode::NO_CONTENT)
+        }
         Outcome::Ran {
             run_id,
             result: Err(e),

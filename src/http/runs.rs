@@ -1,7 +1,8 @@
 //! `GET /runs` and `GET /runs/{id}`: the run ledger, for the admin page and
 //! operators (Clerk users with the view or trigger permission).
 //!
-//! `GET /runs?job=&status=&source=&limit=&cursor=` lists runs newest first;
+//! `GET /runs?job=&status=&source=&limit=&cursor=` lists runs newest first
+//! (`status` may name several, separated by commas);
 //! `next_cursor` is opaque (pass it back as `cursor`) and `null` on the last
 //! page. A filter with a value outside its allowed set is a 400 that lists the
 //! allowed values, so a typo never reads as "no runs".
@@ -69,13 +70,9 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
             .filter(|v| !v.is_empty())
     };
     let status = text("status")
-        .map(|v| {
-            RunStatus::parse(v).ok_or_else(|| {
-                let allowed: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-                invalid(format!("status must be one of {}", allowed.join(", ")))
-            })
-        })
-        .transpose()?;
+        .map(statuses)
+        .transpose()?
+        .unwrap_or_default();
     let source = text("source")
         .map(|v| {
             RunSource::parse(v).ok_or_else(|| {
@@ -139,6 +136,21 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
     })
 }
 
+/// One status, or several separated by commas.
+pub(super) fn statuses(text: &str) -> Result<Vec<RunStatus>, Error> {
+    text.split(',')
+        .map(|name| {
+            RunStatus::parse(name.trim()).ok_or_else(|| {
+                let allowed: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                invalid(format!(
+                    "status must be one of {} (or several, separated by commas)",
+                    allowed.join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
 /// The query parameters `GET /runs` takes.
 const ALLOWED: [&str; 9] = [
     "job",
@@ -180,7 +192,7 @@ pub(super) fn rfc3339(name: &str, value: &str) -> Result<OffsetDateTime, Error> 
     operation_id = "list_runs",
     params(
         ("job" = Option<String>, Query, max_length = 200, description = "Only runs of this job."),
-        ("status" = Option<RunStatus>, Query, description = "Only runs with this status."),
+        ("status" = Option<String>, Query, description = "Only runs with this status, or one of several separated by commas (`failed_permanent,dead_lettered`)."),
         ("source" = Option<RunSource>, Query, description = "Only runs from this source."),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before, as it was returned."),

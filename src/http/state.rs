@@ -1,16 +1,22 @@
 //! What every handler can reach.
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+};
 
+use serde::Serialize;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     auth::Authenticator,
     config::Config,
     jobs::JobRegistry,
     pubsub::dead_letter::DeadLetter,
-    runner::{RunLimits, RunMetrics, Runner},
-    runs::RunStore,
+    runner::{RunControl, RunLimits, RunMetrics, Runner},
+    runs::{RunPrincipal, RunStore},
     telemetry::metrics::{HistogramTable, Metrics, names},
 };
 
@@ -99,6 +105,10 @@ pub struct AppState {
     pub stop: Arc<CancellationToken>,
     /// The metrics the handlers, the request layer and the runner record.
     pub metrics: Arc<Instruments>,
+    /// The runs in flight here, for cancel requests.
+    pub control: Arc<RunControl>,
+    /// The bulk re-runs started here, for their progress.
+    pub reruns: Arc<BulkReruns>,
 }
 
 impl AppState {
@@ -114,6 +124,67 @@ impl AppState {
                 output_cap: self.config.runs.output_cap,
             },
             Arc::clone(&self.metrics.runs),
+            Arc::clone(&self.control),
         )
+    }
+}
+
+/// How many bulk re-runs' progress an instance keeps (the oldest go first).
+const KEPT_RERUNS: usize = 100;
+
+/// The progress of a bulk re-run (`POST /runs/rerun`), as
+/// `GET /runs/rerun/{bulk_id}` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RerunProgress {
+    /// The bulk re-run's id.
+    pub bulk_id: Uuid,
+    /// Who started it.
+    pub requested_by: RunPrincipal,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// How many runs matched the filter (each is re-run once).
+    pub matched: u64,
+    /// How many have been dealt with so far (re-run or skipped).
+    pub done: u64,
+    /// Re-runs whose job succeeded.
+    pub succeeded: u64,
+    /// Re-runs whose job failed (or could not be recorded).
+    pub failed: u64,
+    /// Matched runs not re-run: their payload was not kept, their job no
+    /// longer exists, or the worker was shutting down.
+    pub skipped: u64,
+    /// Whether every matched run has been dealt with.
+    pub finished: bool,
+    /// The new runs, in the order they started.
+    pub runs: Vec<Uuid>,
+}
+
+/// The bulk re-runs of this instance, the latest [`KEPT_RERUNS`].
+#[derive(Debug, Default)]
+pub struct BulkReruns {
+    kept: Mutex<VecDeque<Arc<Mutex<RerunProgress>>>>,
+}
+
+impl BulkReruns {
+    /// Keeps `progress`, dropping the oldest past the bound; returns its
+    /// handle for the task that updates it.
+    pub fn start(&self, progress: RerunProgress) -> Arc<Mutex<RerunProgress>> {
+        let progress = Arc::new(Mutex::new(progress));
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= KEPT_RERUNS {
+            kept.pop_front();
+        }
+        kept.push_back(Arc::clone(&progress));
+        progress
+    }
+
+    /// The progress of bulk re-run `bulk_id`, if kept.
+    pub fn get(&self, bulk_id: Uuid) -> Option<RerunProgress> {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter()
+            .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner))
+            .find(|p| p.bulk_id == bulk_id)
+            .map(|p| p.clone())
     }
 }

@@ -131,6 +131,10 @@ pub enum DispatchError {
     /// The job panicked.
     #[error("job panicked")]
     Panicked,
+    /// An operator cancelled the run (`POST /runs/{id}/cancel`) before the
+    /// job finished: done, never retried.
+    #[error("the run was cancelled on request before the job finished")]
+    Cancelled,
 }
 
 impl DispatchError {
@@ -155,6 +159,7 @@ impl DispatchError {
             Self::Permanent(_) => "job_failed_permanent",
             Self::Timeout(_) => "job_timeout",
             Self::Panicked => "job_panicked",
+            Self::Cancelled => "run_cancelled",
         }
     }
 }

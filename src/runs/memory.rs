@@ -20,9 +20,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ABANDONED, Claim, ClaimState, Finish, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage, RunQuery,
-    RunRecord, RunSource, RunStatus, RunStore, StatsBucket, StatsQuery, StoreFuture, StoreSettings,
-    conflict_error, now_micros, percentile_cont, run_id_range,
+    ABANDONED, CancelRequest, Claim, ClaimState, Finish, LEASE_EXPIRED, NewRun, PayloadDigest,
+    RunPage, RunPrincipal, RunQuery, RunRecord, RunSource, RunStatus, RunStore, StatsBucket,
+    StatsQuery, StoreFuture, StoreSettings, conflict_error, now_micros, percentile_cont,
+    run_id_range,
 };
 
 #[derive(Debug)]
@@ -320,7 +321,7 @@ impl RunStore for MemoryStore {
             .rev()
             .map(|(_, r)| r)
             .filter(|r| query.job.as_deref().is_none_or(|j| r.job == j))
-            .filter(|r| query.status.is_none_or(|s| r.status == s))
+            .filter(|r| query.status.is_empty() || query.status.contains(&r.status))
             .filter(|r| query.source.is_none_or(|s| r.source == s))
             .filter(|r| {
                 query.message_id.as_deref().is_none_or(|m| {
@@ -349,6 +350,38 @@ impl RunStore for MemoryStore {
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
         let buckets = self.stats_now(&query);
         async move { Ok(buckets) }.boxed()
+    }
+
+    fn request_cancel(&self, run_id: Uuid, by: RunPrincipal) -> StoreFuture<'_, CancelRequest> {
+        let answer = match self.lock().runs.get_mut(&run_id) {
+            None => CancelRequest::NotFound,
+            Some(run) if run.status != RunStatus::Running => {
+                CancelRequest::NotRunning(Box::new(run.clone()))
+            }
+            Some(run) => {
+                if run.cancel_requested_at.is_none() {
+                    run.cancel_requested_at = Some(now_micros());
+                    run.cancelled_by = Some(by);
+                }
+                CancelRequest::Requested(Box::new(run.clone()))
+            }
+        };
+        async move { Ok(answer) }.boxed()
+    }
+
+    fn cancel_requests(&self, run_ids: Vec<Uuid>) -> StoreFuture<'_, Vec<Uuid>> {
+        let inner = self.lock();
+        let marked = run_ids
+            .into_iter()
+            .filter(|id| {
+                inner
+                    .runs
+                    .get(id)
+                    .is_some_and(|r| r.cancel_requested_at.is_some())
+            })
+            .collect();
+        drop(inner);
+        async move { Ok(marked) }.boxed()
     }
 
     fn prune(&self) -> StoreFuture<'_, u64> {
@@ -423,6 +456,9 @@ mod tests {
                 output: None,
                 output_truncated: false,
                 duplicate_of: None,
+                rerun_of: None,
+                cancel_requested_at: None,
+                cancelled_by: None,
                 dedup_key: None,
             },
             dedup: key.map(|k| DedupKey::push(None, k, crate::runs::message_digest("echo", data))),

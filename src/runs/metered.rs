@@ -10,8 +10,8 @@ use ::metrics::Histogram;
 use uuid::Uuid;
 
 use super::{
-    Claim, Finish, NewRun, RunPage, RunQuery, RunRecord, RunStore, StatsBucket, StatsQuery,
-    StoreFuture,
+    CancelRequest, Claim, Finish, NewRun, RunPage, RunPrincipal, RunQuery, RunRecord, RunStore,
+    StatsBucket, StatsQuery, StoreFuture,
 };
 use crate::telemetry::metrics::{Metrics, names};
 
@@ -25,6 +25,8 @@ pub struct Metered {
     list: Histogram,
     prune: Histogram,
     stats: Histogram,
+    cancel: Histogram,
+    cancel_poll: Histogram,
 }
 
 impl Metered {
@@ -44,6 +46,8 @@ impl Metered {
             list: histogram("list"),
             prune: histogram("prune"),
             stats: histogram("stats"),
+            cancel: histogram("request_cancel"),
+            cancel_poll: histogram("cancel_requests"),
             inner,
         }
     }
@@ -89,5 +93,13 @@ impl RunStore for Metered {
 
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
         timed(&self.stats, self.inner.stats(query))
+    }
+
+    fn request_cancel(&self, run_id: Uuid, by: RunPrincipal) -> StoreFuture<'_, CancelRequest> {
+        timed(&self.cancel, self.inner.request_cancel(run_id, by))
+    }
+
+    fn cancel_requests(&self, run_ids: Vec<Uuid>) -> StoreFuture<'_, Vec<Uuid>> {
+        timed(&self.cancel_poll, self.inner.cancel_requests(run_ids))
     }
 }

@@ -105,11 +105,14 @@ pub enum RunStatus {
     /// data); the job did not run, and the delivery is dead-lettered or
     /// nacked, never acked as a duplicate.
     Conflict,
+    /// Stopped by an operator (`POST /runs/{id}/cancel`): done, like a
+    /// success, so a redelivery is a duplicate and never runs it again.
+    Cancelled,
 }
 
 impl RunStatus {
     /// Every status, in the order the API documents them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Running,
         Self::Succeeded,
         Self::FailedTransient,
@@ -117,6 +120,7 @@ impl RunStatus {
         Self::DeadLettered,
         Self::Duplicate,
         Self::Conflict,
+        Self::Cancelled,
     ];
 
     /// The status's name in JSON, SQL and query strings.
@@ -129,6 +133,7 @@ impl RunStatus {
             Self::DeadLettered => "dead_lettered",
             Self::Duplicate => "duplicate",
             Self::Conflict => "conflict",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -141,7 +146,7 @@ impl RunStatus {
     /// are duplicates), `Failed` (the key may run again), or nothing.
     pub fn claim_state(self) -> Option<ClaimState> {
         match self {
-            Self::Succeeded | Self::DeadLettered => Some(ClaimState::Done),
+            Self::Succeeded | Self::DeadLettered | Self::Cancelled => Some(ClaimState::Done),
             Self::FailedTransient | Self::FailedPermanent => Some(ClaimState::Failed),
             Self::Running | Self::Duplicate | Self::Conflict => None,
         }
@@ -323,6 +328,15 @@ pub struct RunRecord {
     pub output_truncated: bool,
     /// On a `duplicate` or a `conflict`: the run that held the key.
     pub duplicate_of: Option<Uuid>,
+    /// On a re-run (`POST /runs/{id}/rerun`, `POST /runs/rerun`): the run
+    /// whose payload it ran again.
+    pub rerun_of: Option<Uuid>,
+    /// When someone asked to cancel the run (it ends `cancelled` if the job
+    /// had not finished by then).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub cancel_requested_at: Option<OffsetDateTime>,
+    /// Who asked to cancel it.
+    pub cancelled_by: Option<RunPrincipal>,
     /// The claimed key, if any (internal: the parts above are public).
     #[serde(skip)]
     pub dedup_key: Option<String>,
@@ -420,8 +434,8 @@ impl Finish {
 pub struct RunQuery {
     /// Only this job.
     pub job: Option<String>,
-    /// Only this status.
-    pub status: Option<RunStatus>,
+    /// Only these statuses (any, when empty).
+    pub status: Vec<RunStatus>,
     /// Only this source.
     pub source: Option<RunSource>,
     /// Only runs older than this one (the cursor).
@@ -566,9 +580,29 @@ pub trait RunStore: Send + Sync + fmt::Debug + 'static {
     /// is left out.
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>>;
 
+    /// Marks run `run_id` as asked to be cancelled by `by`, if it is
+    /// running; the runner that holds it sees the mark through
+    /// [`RunStore::cancel_requests`]. A second request keeps the first one's
+    /// time and author.
+    fn request_cancel(&self, run_id: Uuid, by: RunPrincipal) -> StoreFuture<'_, CancelRequest>;
+
+    /// Which of `run_ids` someone asked to cancel.
+    fn cancel_requests(&self, run_ids: Vec<Uuid>) -> StoreFuture<'_, Vec<Uuid>>;
+
     /// Marks runs left `running` past the lease as failed, and deletes
     /// records past the retention. Returns how many records were deleted.
     fn prune(&self) -> StoreFuture<'_, u64>;
+}
+
+/// The answer of [`RunStore::request_cancel`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelRequest {
+    /// The run is running and now marked; its record as marked.
+    Requested(Box<RunRecord>),
+    /// The run has already ended; its record.
+    NotRunning(Box<RunRecord>),
+    /// No such run.
+    NotFound,
 }
 
 /// The error text of a run whose lease expired while it was running.

@@ -776,6 +776,47 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /runs/{id}/cancel`.
+    pub async fn cancel_run(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/runs/{id}/cancel", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /runs/{id}/rerun`.
+    pub async fn rerun_run(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/runs/{id}/rerun", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /runs/rerun` with this filter.
+    pub async fn rerun_runs(&self, token: &str, filter: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/runs/rerun", self.addr))
+            .header("authorization", Self::bearer(token))
+            .json(filter)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /runs/rerun/{bulk_id}`.
+    pub async fn rerun_progress(&self, token: &str, bulk_id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/runs/rerun/{bulk_id}", self.addr))
+            .header("authorization", Self::bearer(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Every run the ledger lists for `query` (all pages, newest first).
     pub async fn all_runs(&self, query: &str) -> Vec<Value> {
         let token = clerk_token(&[VIEW]);

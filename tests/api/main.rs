@@ -21,6 +21,7 @@ mod openapi;
 mod push;
 mod redrive;
 mod reliability;
+mod run_control;
 mod run_stats;
 mod runs;
 mod token_cache;

@@ -312,7 +312,7 @@ async fn postgres_a_killed_instance_frees_its_message_after_the_lease() {
         .send();
     let in_flight = tokio::spawn(request);
     let running = RunQuery {
-        status: Some(RunStatus::Running),
+        status: vec![RunStatus::Running],
         limit: 10,
         ..RunQuery::default()
     };

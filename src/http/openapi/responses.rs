@@ -166,6 +166,12 @@ responses! {
         error_or_run(),
         &[("Retry-After", retry_after())],
     );
+    /// 409 of `POST /jobs/{name}` and the re-runs.
+    RunConflict => response(
+        "`run_in_progress`: a run holds this `Idempotency-Key` now (try again once it is over; `run_id` names it); or the run was cancelled on request before the job finished: then the body is the run (`run_cancelled`).",
+        error_or_run(),
+        &[],
+    );
     /// 504 of `POST /jobs/{name}`.
     RunTimedOut => response(
         "The job ran past `JOB_TIMEOUT_SECS` and was cancelled: the body is the failed run (`job_timeout`).",

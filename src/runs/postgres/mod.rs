@@ -42,14 +42,15 @@ use uuid::Uuid;
 pub use batcher::BatchLimits;
 use batcher::{Answers, Batcher, OrphanFn, WriteFn};
 use statements::{
-    CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS, RUN_COLUMNS, RUN_STATS,
+    CANCEL_REQUESTS, CLAIM_BATCH, FINISH_BATCH, MARK_ABANDONED, PRUNE_CLAIMS, PRUNE_RUNS,
+    REQUEST_CANCEL, RUN_COLUMNS, RUN_STATS,
 };
 
 use super::RunSource;
 use super::{
-    ABANDONED, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest, RunPage,
-    RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StatsBucket, StatsQuery, StoreError,
-    StoreFuture, StoreSettings,
+    ABANDONED, CancelRequest, Claim, Finish, JsonText, LEASE_EXPIRED, NewRun, PayloadDigest,
+    RunPage, RunPrincipal, RunQuery, RunRecord, RunStatus, RunStore, StatsBucket, StatsQuery,
+    StoreError, StoreFuture, StoreSettings,
 };
 
 /// The embedded migrations.
@@ -195,6 +196,13 @@ fn from_row(row: &PgRow) -> Result<RunRecord, StoreError> {
         output: parse_json(output)?,
         output_truncated: row.try_get("output_truncated").map_err(bad)?,
         duplicate_of: row.try_get("duplicate_of").map_err(bad)?,
+        rerun_of: row.try_get("rerun_of").map_err(bad)?,
+        cancel_requested_at: row.try_get("cancel_requested_at").map_err(bad)?,
+        cancelled_by: {
+            let kind: Option<String> = row.try_get("cancelled_by_kind").map_err(bad)?;
+            let id: Option<String> = row.try_get("cancelled_by_id").map_err(bad)?;
+            kind.zip(id).map(|(kind, id)| RunPrincipal { kind, id })
+        },
         dedup_key: row.try_get("dedup_key").map_err(bad)?,
     })
 }
@@ -279,6 +287,7 @@ async fn write_claims(
     let mut event_source = Vec::with_capacity(n);
     let mut event_type = Vec::with_capacity(n);
     let mut event_subject = Vec::with_capacity(n);
+    let mut rerun_of = Vec::with_capacity(n);
     for item in items {
         let r = &item.record;
         run_id.push(r.run_id);
@@ -299,6 +308,7 @@ async fn write_claims(
         event_source.push(clean_opt(r.event_source.as_deref()));
         event_type.push(clean_opt(r.event_type.as_deref()));
         event_subject.push(clean_opt(r.event_subject.as_deref()));
+        rerun_of.push(r.rerun_of);
     }
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(CLAIM_BATCH)
@@ -322,6 +332,7 @@ async fn write_claims(
         .bind(event_source)
         .bind(event_type)
         .bind(event_subject)
+        .bind(rerun_of)
         .fetch_all(&mut *conn)
         .await?;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -586,8 +597,15 @@ impl PgStore {
         if let Some(job) = query.job {
             sql.push(" AND job = ").push_bind(job);
         }
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
+        match query.status.as_slice() {
+            [] => {}
+            [status] => {
+                sql.push(" AND status = ").push_bind(status.as_str());
+            }
+            statuses => {
+                let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+                sql.push(" AND status = ANY(").push_bind(names).push(")");
+            }
         }
         if let Some(source) = query.source {
             sql.push(" AND source = ").push_bind(source.as_str());
@@ -665,6 +683,31 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn request_cancel_of(
+        &self,
+        run_id: Uuid,
+        by: RunPrincipal,
+    ) -> Result<CancelRequest, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(unavailable("getting a connection"))?;
+        let marked = sqlx::query(REQUEST_CANCEL)
+            .bind(run_id)
+            .bind(clean(&by.kind))
+            .bind(clean(&by.id))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable("requesting a cancel"))?
+            .is_some();
+        Ok(match fetch_run(&mut conn, run_id).await? {
+            None => CancelRequest::NotFound,
+            Some(run) if marked => CancelRequest::Requested(Box::new(run)),
+            Some(run) => CancelRequest::NotRunning(Box::new(run)),
+        })
     }
 
     async fn prune_now(&self) -> Result<u64, StoreError> {
@@ -773,6 +816,25 @@ impl RunStore for PgStore {
 
     fn stats(&self, query: StatsQuery) -> StoreFuture<'_, Vec<StatsBucket>> {
         deadline(self.operation_timeout(), self.stats_of(query)).boxed()
+    }
+
+    fn request_cancel(&self, run_id: Uuid, by: RunPrincipal) -> StoreFuture<'_, CancelRequest> {
+        deadline(self.operation_timeout(), self.request_cancel_of(run_id, by)).boxed()
+    }
+
+    fn cancel_requests(&self, run_ids: Vec<Uuid>) -> StoreFuture<'_, Vec<Uuid>> {
+        deadline(self.operation_timeout(), async move {
+            let rows = sqlx::query(CANCEL_REQUESTS)
+                .bind(run_ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable("reading cancel requests"))?;
+            rows.iter()
+                .map(|row| row.try_get("run_id"))
+                .collect::<Result<Vec<Uuid>, _>>()
+                .map_err(unavailable("reading cancel requests"))
+        })
+        .boxed()
     }
 
     fn prune(&self) -> StoreFuture<'_, u64> {

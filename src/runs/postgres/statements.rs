@@ -7,7 +7,7 @@ pub const RUN_COLUMNS: &str = "run_id, job, source, principal_kind, principal_id
     subscription, idempotency_key, dedup_key, duplicate_of, attempt, payload_digest, \
     payload::text AS payload, payload_truncated, status, started_at, finished_at, duration_ms, \
     error, error_kind, output::text AS output, output_truncated, event_source, event_type, \
-    event_subject";
+    event_subject, rerun_of, cancel_requested_at, cancelled_by_kind, cancelled_by_id";
 
 /// The claim of a batch, in one statement:
 ///
@@ -30,10 +30,10 @@ pub const CLAIM_BATCH: &str = "WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
         $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::text[], $12::text[], \
         $13::bool[], $14::timestamptz[], $15::text[], $18::text[], $19::text[], \
-        $20::text[]) WITH ORDINALITY \
+        $20::text[], $21::uuid[]) WITH ORDINALITY \
         AS i(run_id, job, source, principal_kind, principal_id, message_id, subscription, \
             idempotency_key, dedup_key, attempt, payload_digest, payload, payload_truncated, \
-            started_at, content_digest, event_source, event_type, event_subject, ord) \
+            started_at, content_digest, event_source, event_type, event_subject, rerun_of, ord) \
 ), leaders AS ( \
     SELECT DISTINCT ON (dedup_key) dedup_key, run_id, content_digest \
     FROM input WHERE dedup_key IS NOT NULL ORDER BY dedup_key, ord \
@@ -79,7 +79,7 @@ pub const CLAIM_BATCH: &str = "WITH input AS ( \
     INSERT INTO runs (run_id, job, source, principal_kind, principal_id, message_id, \
         subscription, idempotency_key, dedup_key, duplicate_of, attempt, payload_digest, payload, \
         payload_truncated, status, started_at, finished_at, duration_ms, error, error_kind, \
-        output, output_truncated, event_source, event_type, event_subject) \
+        output, output_truncated, event_source, event_type, event_subject, rerun_of) \
     SELECT run_id, job, source, principal_kind, principal_id, message_id, subscription, \
         idempotency_key, dedup_key, \
         CASE WHEN outcome = 'running' THEN NULL ELSE holder_id END, \
@@ -97,7 +97,7 @@ pub const CLAIM_BATCH: &str = "WITH input AS ( \
                 delivery comes back', holder_id) END, \
         CASE outcome WHEN 'conflict' THEN 'message_conflict' \
             WHEN 'in_progress' THEN 'run_in_progress' END, \
-        NULL, false, event_source, event_type, event_subject \
+        NULL, false, event_source, event_type, event_subject, rerun_of \
     FROM outcome \
 ) \
 SELECT ord, outcome, holder_id, holder_content FROM outcome";
@@ -173,3 +173,15 @@ pub const RUN_STATS: &str = "SELECT date_bin(make_interval(secs => $1), started_
     FROM runs \
     WHERE run_id >= $4 AND run_id < $5 AND started_at >= $2 AND started_at < $3 \
     GROUP BY 1, 2, 3 ORDER BY 1, job COLLATE \"C\", status COLLATE \"C\"";
+
+/// A cancel request: marks a running run (keeping an earlier request's time
+/// and author) and returns it; no row when it is not running.
+pub const REQUEST_CANCEL: &str = "UPDATE runs SET \
+    cancelled_by_kind = CASE WHEN cancel_requested_at IS NULL THEN $2 ELSE cancelled_by_kind END, \
+    cancelled_by_id = CASE WHEN cancel_requested_at IS NULL THEN $3 ELSE cancelled_by_id END, \
+    cancel_requested_at = COALESCE(cancel_requested_at, now()) \
+    WHERE run_id = $1 AND status = 'running' RETURNING run_id";
+
+/// Which of the runs in flight here someone asked to cancel (polled).
+pub const CANCEL_REQUESTS: &str =
+    "SELECT run_id FROM runs WHERE run_id = ANY($1) AND cancel_requested_at IS NOT NULL";
