@@ -836,7 +836,7 @@ async fn the_run_appears_in_the_runs_list_with_its_detail() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     browser.screenshot("08-runs").await;
-    browser.assert_clean_console(&["/jobs/order"]).await;
+    browser.assert_clean_console(&["/jobs/order", "/rerun"]).await;
     browser.close().await;
 }
 
@@ -1016,5 +1016,112 @@ async fn the_overview_charts_runs_and_the_search_finds_a_message() {
         .await;
     browser.screenshot("12-search").await;
     browser.assert_clean_console(&["/jobs/order"]).await;
+    browser.close().await;
+}
+
+/// The rows of `#dead-body`, as `status job` each.
+async fn dead_rows(browser: &Browser) -> Vec<String> {
+    let rows = browser
+        .script("return [...document.querySelectorAll('#dead-body tr')].map(r => r.dataset.status + ' ' + r.cells[1].innerText)")
+        .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until `#dead-body` has `n` rows.
+async fn wait_dead_rows(browser: &Browser, n: usize) {
+    let started = Instant::now();
+    loop {
+        browser.click("#dead-refresh").await;
+        let rows = dead_rows(browser).await;
+        if rows.len() == n {
+            assert!(
+                rows.iter().all(|r| r == "failed_permanent order"),
+                "{rows:?}"
+            );
+            return;
+        }
+        if started.elapsed() > WAIT {
+            browser
+                .fail(&format!("the dead letters never showed {n} rows: {rows:?}"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The Dead letters view lists the runs that failed for good; "Re-run
+/// selected" re-runs the one selected and "Re-run all matching" every one,
+/// each with its progress; Cancel stops a running run, which ends
+/// `cancelled`.
+#[tokio::test]
+async fn dead_letters_rerun_and_a_running_run_is_cancelled() {
+    let _one = BROWSER.lock().await;
+    let server = start_server().await;
+    let browser = open_browser("control", &server).await;
+    browser.sign_in("admin").await;
+    browser.text_containing("#dead-status", "No run failed").await;
+
+    for _ in 0..2 {
+        browser.click("#job-order").await;
+        browser
+            .fill("#field-customer", r#"{"email": "ada@example.com"}"#)
+            .await;
+        browser.fill("#field-quantity", "0").await;
+        browser.click("#run-button").await;
+        browser
+            .text_containing("#run-outcome", "failed permanent")
+            .await;
+    }
+    wait_dead_rows(&browser, 2).await;
+    browser.screenshot("13-dead-letters").await;
+
+    // Re-run selected: the first row only.
+    browser.click("#dead-body tr:first-child input[type=checkbox]").await;
+    browser
+        .text_containing("#dead-rerun-selected", "Re-run selected (1)")
+        .await;
+    browser.click("#dead-rerun-selected").await;
+    let progress = browser
+        .text_containing("#dead-progress", "Done: 1 of 1")
+        .await;
+    assert!(progress.contains("1 failed"), "{progress}");
+    wait_dead_rows(&browser, 3).await;
+
+    // Re-run all matching: every one shown.
+    browser.click("#dead-rerun-all").await;
+    let progress = browser
+        .text_containing("#dead-progress", "Done: 3 of 3")
+        .await;
+    assert!(progress.contains("3 failed"), "{progress}");
+    wait_dead_rows(&browser, 6).await;
+    browser.screenshot("14-dead-letters-rerun").await;
+
+    // Cancel a long sleep from its detail.
+    browser.click("#job-sleep").await;
+    browser.fill("#field-millis", "60000").await;
+    browser.click("#run-button").await;
+    browser
+        .click("#runs-body tr[data-status='running'] button")
+        .await;
+    browser.click("#run-cancel").await;
+    browser
+        .text_containing("#run-again-result", "Cancel requested")
+        .await;
+    browser.text_containing("#run-detail-body", "Cancel asked").await;
+    browser.text_containing("#run-detail-body", "cancelled").await;
+    browser.screenshot("15-cancelled").await;
+    browser.click("#run-detail-close").await;
+    let outcome = browser.text_containing("#run-outcome", "cancelled").await;
+    assert!(outcome.contains("run_cancelled"), "{outcome}");
+    browser
+        .visible("#runs-body tr[data-status='cancelled']")
+        .await;
+    browser
+        .assert_clean_console(&["/jobs/order", "/rerun", "/jobs/sleep"])
+        .await;
     browser.close().await;
 }

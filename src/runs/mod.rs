@@ -10,8 +10,9 @@
 //! - nobody holds the key, or the last run failed, or the holder's lease has
 //!   expired (its instance died mid-run): the key is ours, the run is recorded
 //!   as `running` and the job runs ([`Claim::Started`]);
-//! - the key's run succeeded (or was dead-lettered, which is also an ack): the
-//!   request is recorded as a `duplicate` and not run again ([`Claim::Done`]);
+//! - the key's run succeeded (or was dead-lettered or cancelled, which are
+//!   also acks): the request is recorded as a `duplicate` and not run again
+//!   ([`Claim::Done`]);
 //! - the key's run is running now, lease not expired: recorded as a
 //!   `duplicate` and answered "in progress" ([`Claim::InProgress`]), which on
 //!   the push path is a nack so the message comes back if that run dies;

@@ -612,7 +612,7 @@ async fn postgres_outage_nacks_with_503_and_recovers() {
     assert_eq!(mid_runs[1]["error_kind"], "lease_expired");
 }
 
-const CONTRACT_FIELDS: [&str; 23] = [
+const CONTRACT_FIELDS: [&str; 26] = [
     "run_id",
     "job",
     "source",
@@ -638,6 +638,10 @@ const CONTRACT_FIELDS: [&str; 23] = [
     "event_source",
     "event_type",
     "event_subject",
+    // Run control: the run a re-run repeats, and a cancel request.
+    "rerun_of",
+    "cancel_requested_at",
+    "cancelled_by",
 ];
 
 /// `GET /runs` and `GET /runs/{id}`: every source recorded with the agreed
@@ -863,7 +867,7 @@ async fn runs_api(app: &TestApp) {
     let bad = [
         (
             "status=timed_out",
-            "running, succeeded, failed_transient, failed_permanent, dead_lettered, duplicate, conflict",
+            "running, succeeded, failed_transient, failed_permanent, dead_lettered, duplicate, conflict, cancelled",
         ),
         ("source=cron", "push, manual, service"),
         ("limit=0", "1 to 200"),
