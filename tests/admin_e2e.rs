@@ -836,7 +836,9 @@ async fn the_run_appears_in_the_runs_list_with_its_detail() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     browser.screenshot("08-runs").await;
-    browser.assert_clean_console(&["/jobs/order", "/rerun"]).await;
+    browser
+        .assert_clean_console(&["/jobs/order", "/rerun"])
+        .await;
     browser.close().await;
 }
 
@@ -1063,7 +1065,9 @@ async fn dead_letters_rerun_and_a_running_run_is_cancelled() {
     let server = start_server().await;
     let browser = open_browser("control", &server).await;
     browser.sign_in("admin").await;
-    browser.text_containing("#dead-status", "No run failed").await;
+    browser
+        .text_containing("#dead-status", "No run failed")
+        .await;
 
     for _ in 0..2 {
         browser.click("#job-order").await;
@@ -1080,7 +1084,9 @@ async fn dead_letters_rerun_and_a_running_run_is_cancelled() {
     browser.screenshot("13-dead-letters").await;
 
     // Re-run selected: the first row only.
-    browser.click("#dead-body tr:first-child input[type=checkbox]").await;
+    browser
+        .click("#dead-body tr:first-child input[type=checkbox]")
+        .await;
     browser
         .text_containing("#dead-rerun-selected", "Re-run selected (1)")
         .await;
@@ -1111,8 +1117,12 @@ async fn dead_letters_rerun_and_a_running_run_is_cancelled() {
     browser
         .text_containing("#run-again-result", "Cancel requested")
         .await;
-    browser.text_containing("#run-detail-body", "Cancel asked").await;
-    browser.text_containing("#run-detail-body", "cancelled").await;
+    browser
+        .text_containing("#run-detail-body", "Cancel asked")
+        .await;
+    browser
+        .text_containing("#run-detail-body", "cancelled")
+        .await;
     browser.screenshot("15-cancelled").await;
     browser.click("#run-detail-close").await;
     let outcome = browser.text_containing("#run-outcome", "cancelled").await;
