@@ -27,7 +27,8 @@
 //!   by a lossless writer thread; trace-header parsing.
 //! - [`http`] — the router, [`http::AppState`], the one [`http::Error`], the
 //!   extractors over auth ([`http::extract`]), the CORS layer, the request log,
-//!   and one module per resource (health, whoami, jobs, push, events, runs, and
+//!   and one module per resource (health, whoami, jobs, push, events, runs,
+//!   run stats, run control, and
 //!   [`http::admin`], the admin page whose files live in `assets/admin/` and
 //!   are embedded in the binary); [`http::openapi`] gathers the routes' parts
 //!   of the OpenAPI document, adds one operation per job, and serves it with
@@ -49,7 +50,8 @@
 //!   dead-letter subscription to a topic, each acked once its publish is
 //!   confirmed.
 //! - [`runner`] — the one sequence both handlers call: record and claim, run
-//!   the job, record its end.
+//!   the job, record its end; the runs in flight, which a cancel request
+//!   stops.
 //! - [`jobs`] — the [`jobs::Job`] trait, the registry and one file a job.
 //! - [`runs`] — the run ledger: a record of every dispatch, the claim that
 //!   makes a message, an event or an `Idempotency-Key` run once, the
