@@ -481,6 +481,18 @@ impl Browser {
         }
     }
 
+    /// Runs `order` from its form with a quantity of 0, which fails for
+    /// good, and waits for the answer.
+    async fn run_failing_order(&self) {
+        self.click("#job-order").await;
+        self.fill("#field-customer", r#"{"email": "ada@example.com"}"#)
+            .await;
+        self.fill("#field-quantity", "0").await;
+        self.click("#run-button").await;
+        self.text_containing("#run-outcome", "failed permanent")
+            .await;
+    }
+
     async fn close(self) {
         let Self { client, driver, .. } = self;
         client.close().await.unwrap();
@@ -759,15 +771,7 @@ async fn the_run_appears_in_the_runs_list_with_its_detail() {
     browser.text_containing("#run-outcome", "succeeded").await;
 
     // A failed run, its detail, and run again.
-    browser.click("#job-order").await;
-    browser
-        .fill("#field-customer", r#"{"email": "ada@example.com"}"#)
-        .await;
-    browser.fill("#field-quantity", "0").await;
-    browser.click("#run-button").await;
-    browser
-        .text_containing("#run-outcome", "failed permanent")
-        .await;
+    browser.run_failing_order().await;
     browser
         .text_containing("#runs-body", "failed permanent")
         .await;
@@ -927,15 +931,7 @@ async fn the_overview_charts_runs_and_the_search_finds_a_message() {
     browser.fill("#field-message", "for the overview").await;
     browser.click("#run-button").await;
     browser.text_containing("#run-outcome", "succeeded").await;
-    browser.click("#job-order").await;
-    browser
-        .fill("#field-customer", r#"{"email": "ada@example.com"}"#)
-        .await;
-    browser.fill("#field-quantity", "0").await;
-    browser.click("#run-button").await;
-    browser
-        .text_containing("#run-outcome", "failed permanent")
-        .await;
+    browser.run_failing_order().await;
 
     // A push, as Pub/Sub sends it, with the development service identity.
     let identity = pushworker::auth::dev::DevIdentity::load_or_create(&server._dir.0).unwrap();
@@ -1070,15 +1066,7 @@ async fn dead_letters_rerun_and_a_running_run_is_cancelled() {
         .await;
 
     for _ in 0..2 {
-        browser.click("#job-order").await;
-        browser
-            .fill("#field-customer", r#"{"email": "ada@example.com"}"#)
-            .await;
-        browser.fill("#field-quantity", "0").await;
-        browser.click("#run-button").await;
-        browser
-            .text_containing("#run-outcome", "failed permanent")
-            .await;
+        browser.run_failing_order().await;
     }
     wait_dead_rows(&browser, 2).await;
     browser.screenshot("13-dead-letters").await;

@@ -41,84 +41,46 @@ pub struct CanViewRuns(pub Arc<Principal>);
 #[derive(Debug, Clone)]
 pub struct CanControlRuns(pub Arc<Principal>);
 
-impl<S> FromRequestParts<S> for Authenticated
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        Ok(Self(principal))
-    }
+/// The principal of a request, once authenticated and admitted by `check`.
+async fn admit(
+    parts: &Parts,
+    state: &AppState,
+    check: impl FnOnce(&Principal, &AppState) -> Result<(), crate::auth::AuthError>,
+) -> Result<Arc<Principal>, Error> {
+    let principal = state.auth.authenticate(&parts.headers).await?;
+    state.auth.authorize(&principal, check(&principal, state))?;
+    Ok(principal)
 }
 
-impl<S> FromRequestParts<S> for CanTrigger
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
+/// Implements an extractor as [`admit`] with its check.
+macro_rules! extractor {
+    ($name:ident, $check:expr) => {
+        impl<S> FromRequestParts<S> for $name
+        where
+            AppState: FromRef<S>,
+            S: Send + Sync,
+        {
+            type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        state
-            .auth
-            .authorize(&principal, principal.check_trigger(&state.config.trigger))?;
-        Ok(Self(principal))
-    }
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                admit(parts, &AppState::from_ref(state), $check)
+                    .await
+                    .map(Self)
+            }
+        }
+    };
 }
 
-impl<S> FromRequestParts<S> for CanPush
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        state.auth.authorize(&principal, principal.check_push())?;
-        Ok(Self(principal))
-    }
-}
-
-impl<S> FromRequestParts<S> for CanViewRuns
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        state.auth.authorize(
-            &principal,
-            principal.check_view_runs(&state.config.trigger, &state.config.runs.view_permission),
-        )?;
-        Ok(Self(principal))
-    }
-}
-
-impl<S> FromRequestParts<S> for CanControlRuns
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        state.auth.authorize(
-            &principal,
-            principal.check_control_runs(&state.config.trigger),
-        )?;
-        Ok(Self(principal))
-    }
-}
+extractor!(Authenticated, |_, _| Ok(()));
+extractor!(CanTrigger, |p, state| p
+    .check_trigger(&state.config.trigger));
+extractor!(CanPush, |p, _| p.check_push());
+extractor!(CanViewRuns, |p, state| p.check_view_runs(
+    &state.config.trigger,
+    &state.config.runs.view_permission
+));
+extractor!(CanControlRuns, |p, state| p
+    .check_control_runs(&state.config.trigger));

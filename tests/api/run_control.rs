@@ -57,6 +57,56 @@ async fn finished(app: &TestApp, bulk_id: &str) -> Value {
     }
 }
 
+/// A refusal to check: the case, the token, the run id, the status and
+/// the error code.
+type Refusal = (&'static str, String, String, u16, &'static str);
+
+fn case(name: &'static str, token: String, id: &str, status: u16, code: &'static str) -> Refusal {
+    (name, token, id.to_owned(), status, code)
+}
+
+/// What every route on one run refuses, `id` being a run that exists.
+fn refusals_of(id: &str) -> Vec<Refusal> {
+    let missing = uuid::Uuid::now_v7().to_string();
+    vec![
+        case(
+            "unknown run",
+            clerk_token(&[TRIGGER]),
+            &missing,
+            404,
+            "not_found",
+        ),
+        case(
+            "not a uuid",
+            clerk_token(&[TRIGGER]),
+            "nope",
+            400,
+            "invalid_query",
+        ),
+        case(
+            "no trigger permission",
+            clerk_token(&[VIEW]),
+            id,
+            403,
+            "insufficient_scope",
+        ),
+        case(
+            "service account",
+            google_token(),
+            id,
+            403,
+            "insufficient_scope",
+        ),
+    ]
+}
+
+/// The answer has `status` and the error `code`.
+async fn refused(case: &str, response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status(), status, "{case}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{case}: {body}");
+}
+
 fn long_jobs() -> Options {
     Options {
         job_timeout: Duration::from_secs(20),
@@ -154,56 +204,23 @@ async fn cancel_refusals() {
     assert_eq!(done.status(), 200);
     let done: Value = done.json().await.unwrap();
     let done_id = done["run_id"].as_str().unwrap().to_owned();
-    let missing = uuid::Uuid::now_v7().to_string();
-    let cases: [(&str, String, &str, u16, &str); 6] = [
-        (
-            "unknown run",
-            clerk_token(&[TRIGGER]),
-            &missing,
-            404,
-            "not_found",
-        ),
-        (
-            "ended run",
-            clerk_token(&[TRIGGER]),
-            &done_id,
-            409,
-            "run_not_running",
-        ),
-        (
-            "not a uuid",
-            clerk_token(&[TRIGGER]),
-            "nope",
-            400,
-            "invalid_query",
-        ),
-        (
-            "no trigger permission",
-            clerk_token(&[VIEW]),
-            &done_id,
-            403,
-            "insufficient_scope",
-        ),
-        (
-            "service account",
-            google_token(),
-            &done_id,
-            403,
-            "insufficient_scope",
-        ),
-        (
-            "bad token",
-            "not.a.token".to_owned(),
-            &done_id,
-            401,
-            "invalid_token",
-        ),
-    ];
+    let mut cases = refusals_of(&done_id);
+    cases.push(case(
+        "ended run",
+        clerk_token(&[TRIGGER]),
+        &done_id,
+        409,
+        "run_not_running",
+    ));
+    cases.push(case(
+        "bad token",
+        "not.a.token".to_owned(),
+        &done_id,
+        401,
+        "invalid_token",
+    ));
     for (case, token, id, status, code) in cases {
-        let response = app.cancel_run(&token, id).await;
-        assert_eq!(response.status(), status, "{case}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{case}: {body}");
+        refused(case, app.cancel_run(&token, &id).await, status, code).await;
     }
     // Nothing refused changed the run.
     assert!(run_of(&app, &done_id).await["cancel_requested_at"].is_null());
@@ -313,49 +330,16 @@ async fn rerun_refusals() {
     let big: Value = big.json().await.unwrap();
     let big_id = big["run_id"].as_str().unwrap().to_owned();
     assert_eq!(run_of(&app, &big_id).await["payload_truncated"], true);
-    let missing = uuid::Uuid::now_v7().to_string();
-    let cases: [(&str, String, &str, u16, &str); 5] = [
-        (
-            "payload not kept",
-            clerk_token(&[TRIGGER]),
-            &big_id,
-            409,
-            "payload_not_kept",
-        ),
-        (
-            "unknown run",
-            clerk_token(&[TRIGGER]),
-            &missing,
-            404,
-            "not_found",
-        ),
-        (
-            "not a uuid",
-            clerk_token(&[TRIGGER]),
-            "nope",
-            400,
-            "invalid_query",
-        ),
-        (
-            "no trigger permission",
-            clerk_token(&[VIEW]),
-            &big_id,
-            403,
-            "insufficient_scope",
-        ),
-        (
-            "service account",
-            google_token(),
-            &big_id,
-            403,
-            "insufficient_scope",
-        ),
-    ];
+    let mut cases = refusals_of(&big_id);
+    cases.push(case(
+        "payload not kept",
+        clerk_token(&[TRIGGER]),
+        &big_id,
+        409,
+        "payload_not_kept",
+    ));
     for (case, token, id, status, code) in cases {
-        let response = app.rerun_run(&token, id).await;
-        assert_eq!(response.status(), status, "{case}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{case}: {body}");
+        refused(case, app.rerun_run(&token, &id).await, status, code).await;
     }
     assert_eq!(app.all_runs("job=echo").await.len(), 1, "nothing ran again");
 }
@@ -493,10 +477,7 @@ async fn bulk_rerun_refusals() {
         ),
     ];
     for (case, token, filter, status, code) in cases {
-        let response = app.rerun_runs(token, &filter).await;
-        assert_eq!(response.status(), status, "{case}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{case}: {body}");
+        refused(case, app.rerun_runs(token, &filter).await, status, code).await;
     }
     let unknown = uuid::Uuid::now_v7().to_string();
     let response = app.rerun_progress(&clerk_token(&[VIEW]), &unknown).await;
