@@ -613,8 +613,8 @@ impl PgStore {
         if let Some(before) = query.before {
             sql.push(" AND run_id < ").push_bind(before);
         }
-        // The partial indexes of migrations/20261212000101_run_search.sql
-        // hold exactly these predicates.
+        // The partial indexes of migrations/20261212000101_run_search.sql and
+        // 20261212000102_run_search_keys.sql hold exactly these predicates.
         if let Some(message_id) = query.message_id {
             sql.push(" AND source = 'push' AND message_id = ")
                 .push_bind(clean(&message_id));
