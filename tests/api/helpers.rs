@@ -26,6 +26,7 @@ use pushworker::{
     server::HttpServerConfig,
     startup::Application,
 };
+use reqwest::Method;
 use serde_json::{Value, json};
 
 pub const AUDIENCE: &str = "https://pushworker.test/pubsub/push";
@@ -609,6 +610,33 @@ impl TestApp {
         format!("Bearer {token}")
     }
 
+    /// `method` on `path` with `token` as the bearer, sent.
+    async fn send(&self, method: Method, path: &str, token: &str) -> reqwest::Response {
+        self.authed(method, path, token).send().await.unwrap()
+    }
+
+    /// The same with a JSON body.
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.authed(method, path, token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A request to `path` with `token` as the bearer.
+    fn authed(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.addr))
+            .header("authorization", Self::bearer(token))
+    }
+
     pub async fn healthz(&self) -> reqwest::Response {
         self.client
             .get(format!("{}/healthz", self.addr))
@@ -626,12 +654,7 @@ impl TestApp {
     }
 
     pub async fn whoami(&self, token: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/auth/whoami", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
-            .await
-            .unwrap()
+        self.send(Method::GET, "/auth/whoami", token).await
     }
 
     /// `GET /auth/whoami` with raw `Authorization` header values (zero, one or more).
@@ -644,22 +667,12 @@ impl TestApp {
     }
 
     pub async fn list_jobs(&self, token: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/jobs", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
-            .await
-            .unwrap()
+        self.send(Method::GET, "/jobs", token).await
     }
 
     pub async fn trigger(&self, job: &str, token: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/jobs/{job}", self.addr))
-            .header("authorization", Self::bearer(token))
-            .json(body)
-            .send()
+        self.send_json(Method::POST, &format!("/jobs/{job}"), token, body)
             .await
-            .unwrap()
     }
 
     pub async fn push(&self, token: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
@@ -748,73 +761,43 @@ impl TestApp {
 
     /// `GET /runs?{query}`.
     pub async fn list_runs(&self, token: &str, query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/runs?{query}", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
+        self.send(Method::GET, &format!("/runs?{query}"), token)
             .await
-            .unwrap()
     }
 
     /// `GET /runs/stats?{query}`.
     pub async fn run_stats(&self, token: &str, query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/runs/stats?{query}", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
+        self.send(Method::GET, &format!("/runs/stats?{query}"), token)
             .await
-            .unwrap()
     }
 
     /// `GET /runs/{id}`.
     pub async fn get_run(&self, token: &str, id: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/runs/{id}", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
-            .await
-            .unwrap()
+        self.send(Method::GET, &format!("/runs/{id}"), token).await
     }
 
     /// `POST /runs/{id}/cancel`.
     pub async fn cancel_run(&self, token: &str, id: &str) -> reqwest::Response {
-        self.client
-            .post(format!("{}/runs/{id}/cancel", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
+        self.send(Method::POST, &format!("/runs/{id}/cancel"), token)
             .await
-            .unwrap()
     }
 
     /// `POST /runs/{id}/rerun`.
     pub async fn rerun_run(&self, token: &str, id: &str) -> reqwest::Response {
-        self.client
-            .post(format!("{}/runs/{id}/rerun", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
+        self.send(Method::POST, &format!("/runs/{id}/rerun"), token)
             .await
-            .unwrap()
     }
 
     /// `POST /runs/rerun` with this filter.
     pub async fn rerun_runs(&self, token: &str, filter: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/runs/rerun", self.addr))
-            .header("authorization", Self::bearer(token))
-            .json(filter)
-            .send()
+        self.send_json(Method::POST, "/runs/rerun", token, filter)
             .await
-            .unwrap()
     }
 
     /// `GET /runs/rerun/{bulk_id}`.
     pub async fn rerun_progress(&self, token: &str, bulk_id: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/runs/rerun/{bulk_id}", self.addr))
-            .header("authorization", Self::bearer(token))
-            .send()
+        self.send(Method::GET, &format!("/runs/rerun/{bulk_id}"), token)
             .await
-            .unwrap()
     }
 
     /// Every run the ledger lists for `query` (all pages, newest first).
