@@ -36,7 +36,7 @@ use super::{
         BadRequest, Conflict, Forbidden, NotFound, RunConflict, RunPanicked, RunTimedOut,
         RunUnavailable, RunUnprocessable, Unauthorized, Unavailable,
     },
-    runs::{invalid, rfc3339, statuses},
+    runs::{invalid, rfc3339, run_id, source, statuses},
     state::RerunProgress,
 };
 use crate::{
@@ -59,10 +59,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rerun_one))
         .routes(routes!(rerun_many))
         .routes(routes!(rerun_progress))
-}
-
-fn run_id(text: &str) -> Result<Uuid, Error> {
-    Uuid::try_parse(text).map_err(|_| invalid("a run id is a UUID, as in run_id".to_owned()))
 }
 
 /// Asks a running run to stop.
@@ -261,15 +257,7 @@ impl RerunFilter {
             Some(names) => statuses(&names.join(","))?,
             None => Vec::new(),
         };
-        let source = self
-            .source
-            .as_deref()
-            .map(|v| {
-                RunSource::parse(v).ok_or_else(|| {
-                    invalid("source must be one of push, manual, service, event".to_owned())
-                })
-            })
-            .transpose()?;
+        let source = self.source.as_deref().map(source).transpose()?;
         let since = self
             .since
             .as_deref()

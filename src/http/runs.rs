@@ -73,13 +73,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
         .map(statuses)
         .transpose()?
         .unwrap_or_default();
-    let source = text("source")
-        .map(|v| {
-            RunSource::parse(v).ok_or_else(|| {
-                invalid("source must be one of push, manual, service, event".to_owned())
-            })
-        })
-        .transpose()?;
+    let source = text("source").map(source).transpose()?;
     let limit = match text("limit") {
         None => DEFAULT_LIMIT,
         Some(v) => v
@@ -134,6 +128,17 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
         since,
         until,
     })
+}
+
+/// A source's name.
+pub(super) fn source(text: &str) -> Result<RunSource, Error> {
+    RunSource::parse(text)
+        .ok_or_else(|| invalid("source must be one of push, manual, service, event".to_owned()))
+}
+
+/// A run id in a path.
+pub(super) fn run_id(text: &str) -> Result<Uuid, Error> {
+    Uuid::try_parse(text).map_err(|_| invalid("a run id is a UUID, as in run_id".to_owned()))
 }
 
 /// One status, or several separated by commas.
@@ -249,8 +254,7 @@ async fn one(
     CanViewRuns(principal): CanViewRuns,
     Path(id): Path<String>,
 ) -> Result<Json<RunRecord>, Error> {
-    let run_id =
-        Uuid::try_parse(&id).map_err(|_| invalid("a run id is a UUID, as in run_id".to_owned()))?;
+    let run_id = run_id(&id)?;
     match state.runs.get(run_id).await? {
         Some(run) => Ok(Json(run)),
         None => Err(Error::NotFound(format!("no run {run_id}"))),
