@@ -277,21 +277,14 @@ impl RerunFilter {
             job: self.job.clone(),
             status,
             source,
-            limit,
+            // A selection is taken whole (at most MAX_RERUN).
+            limit: self.run_ids.as_ref().map_or(limit, |ids| ids.len().max(1)),
             since,
             until,
+            run_ids: self.run_ids.clone().unwrap_or_default(),
             ..RunQuery::default()
         })
     }
-}
-
-/// Whether `run` passes `query`'s filters (for selected runs).
-fn matches(run: &RunRecord, query: &RunQuery) -> bool {
-    query.job.as_ref().is_none_or(|j| &run.job == j)
-        && (query.status.is_empty() || query.status.contains(&run.status))
-        && query.source.is_none_or(|s| run.source == s)
-        && query.since.is_none_or(|t| run.started_at >= t)
-        && query.until.is_none_or(|t| run.started_at < t)
 }
 
 /// `POST /runs/rerun`'s answer.
@@ -333,21 +326,7 @@ async fn rerun_many(
         message: format!("the body is not a re-run filter: {}", e.body_text()),
     })?;
     let query = filter.query()?;
-    let matched: Vec<RunRecord> = match &filter.run_ids {
-        Some(ids) => {
-            let mut found = Vec::with_capacity(ids.len());
-            let mut seen = std::collections::HashSet::new();
-            for id in ids.iter().filter(|id| seen.insert(**id)) {
-                if let Some(run) = state.runs.get(*id).await?
-                    && matches(&run, &query)
-                {
-                    found.push(run);
-                }
-            }
-            found
-        }
-        None => state.runs.list(query).await?.runs,
-    };
+    let matched = state.runs.list(query).await?.runs;
     let bulk_id = Uuid::now_v7();
     let count = matched.len() as u64;
     let progress = state.reruns.start(RerunProgress {

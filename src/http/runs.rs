@@ -127,6 +127,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<RunQuery, Error> {
         idempotency_key,
         since,
         until,
+        run_ids: Vec::new(),
     })
 }
 

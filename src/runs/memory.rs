@@ -335,7 +335,8 @@ impl RunStore for MemoryStore {
                     .is_none_or(|k| r.idempotency_key.as_deref() == Some(k))
             })
             .filter(|r| query.since.is_none_or(|t| r.started_at >= t))
-            .filter(|r| query.until.is_none_or(|t| r.started_at < t));
+            .filter(|r| query.until.is_none_or(|t| r.started_at < t))
+            .filter(|r| query.run_ids.is_empty() || query.run_ids.contains(&r.run_id));
         let runs: Vec<RunRecord> = matching.by_ref().take(query.limit).cloned().collect();
         let more = matching.next().is_some();
         drop(inner);

@@ -451,6 +451,8 @@ pub struct RunQuery {
     pub since: Option<OffsetDateTime>,
     /// Only runs started before this moment.
     pub until: Option<OffsetDateTime>,
+    /// Only these runs (any, when empty).
+    pub run_ids: Vec<Uuid>,
 }
 
 /// How far a run's id (taken first) and its `started_at` (taken just after,

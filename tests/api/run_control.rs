@@ -344,11 +344,25 @@ async fn rerun_refusals() {
     assert_eq!(app.all_runs("job=echo").await.len(), 1, "nothing ran again");
 }
 
+#[tokio::test]
+async fn memory_bulk_rerun_reruns_what_the_filter_matches() {
+    bulk_rerun_reruns_what_the_filter_matches(Options::default()).await;
+}
+
+#[tokio::test]
+async fn postgres_bulk_rerun_reruns_what_the_filter_matches() {
+    let db = TestDb::create().await;
+    bulk_rerun_reruns_what_the_filter_matches(Options {
+        database_url: Some(db.url()),
+        ..Options::default()
+    })
+    .await;
+}
+
 /// A bulk re-run of the runs a filter matches re-runs each once, and its
 /// progress counts them; a selection re-runs exactly the runs selected.
-#[tokio::test]
-async fn bulk_rerun_reruns_what_the_filter_matches() {
-    let app = spawn_app().await;
+async fn bulk_rerun_reruns_what_the_filter_matches(options: Options) {
+    let app = spawn_app_with(options).await;
     let token = clerk_token(&[TRIGGER]);
     let mut rejected = Vec::new();
     for i in 0..3 {

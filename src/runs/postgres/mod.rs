@@ -637,6 +637,11 @@ impl PgStore {
         if let Some(until) = query.until {
             sql.push(" AND started_at < ").push_bind(until);
         }
+        if !query.run_ids.is_empty() {
+            sql.push(" AND run_id = ANY(")
+                .push_bind(query.run_ids)
+                .push(")");
+        }
         let limit = i64::try_from(query.limit).unwrap_or(200);
         sql.push(" ORDER BY run_id DESC LIMIT ")
             .push_bind(limit + 1);
