@@ -338,7 +338,7 @@ async fn rerun_many(
         succeeded: 0,
         failed: 0,
         skipped: 0,
-        finished: matched.is_empty(),
+        finished: false,
         runs: Vec::new(),
     });
     tracing::info!(%bulk_id, matched = count, "bulk re-run started");
@@ -403,7 +403,6 @@ async fn run_all(
                     }
                     Rerun::Skipped => p.skipped += 1,
                 }
-                p.finished = p.done == p.matched;
             }
         })
         .await;

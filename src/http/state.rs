@@ -154,7 +154,8 @@ pub struct RerunProgress {
     /// Matched runs not re-run: their payload was not kept, their job no
     /// longer exists, or the worker was shutting down.
     pub skipped: u64,
-    /// Whether every matched run has been dealt with.
+    /// Whether every matched run has been dealt with (`done == matched`,
+    /// worked out when read).
     pub finished: bool,
     /// The new runs, in the order they started.
     pub runs: Vec<Uuid>,
@@ -185,6 +186,9 @@ impl BulkReruns {
         kept.iter()
             .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner))
             .find(|p| p.bulk_id == bulk_id)
-            .map(|p| p.clone())
+            .map(|p| RerunProgress {
+                finished: p.done == p.matched,
+                ..p.clone()
+            })
     }
 }
