@@ -30,9 +30,10 @@ pub struct RunsArgs {
     pub database_batch_max_rows: usize,
 
     /// Longest a claim (or finish) waits for others to share its statement,
-    /// in milliseconds; only while another batch is being written (an idle
-    /// instance writes at once). 0: never wait.
-    #[arg(long, env = "DATABASE_BATCH_MAX_WAIT_MS", default_value_t = 1)]
+    /// in milliseconds, while another batch is being written; an idle
+    /// instance writes at once. With 0, requests still share a statement
+    /// with those that arrived while they waited for a free connection.
+    #[arg(long, env = "DATABASE_BATCH_MAX_WAIT_MS", default_value_t = 0)]
     pub database_batch_max_wait_ms: u64,
 
     /// How long a run holds its message (or `Idempotency-Key`) without

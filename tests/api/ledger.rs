@@ -15,7 +15,10 @@ use pushworker::runs::{
     StoreSettings, digest,
     memory::MemoryStore,
     message_digest, now_micros,
-    postgres::{PgSettings, PgStore},
+    postgres::{
+        PgSettings, PgStore,
+        statements::{CLAIM_BATCH, FINISH_BATCH},
+    },
 };
 use serde_json::Value;
 
@@ -455,15 +458,60 @@ async fn postgres_batched_claims_record_what_the_memory_ledger_records() {
     }
 }
 
-/// The ledger's connections plan each statement for the tables as they are
-/// now: a generic plan made while they were empty would scan them whole.
+/// The batched claim and finish are planned once per connection, and on a
+/// new ledger that is while the tables are empty: those plans must still
+/// find runs and keys by index, or every batch would read the tables whole
+/// as they grow. Reads and sums are planned anew for their values.
 #[tokio::test]
-async fn postgres_ledger_connections_use_custom_plans() {
+async fn postgres_batch_plans_find_rows_by_index_on_an_empty_ledger() {
+    use sqlx::Executor as _;
     let db = TestDb::create().await;
     let pg = PgStore::connect(&db.url(), settings()).await.unwrap();
+    let mut conn = pg.batch_pool().acquire().await.unwrap();
+    for (name, sql, params) in [("claim", CLAIM_BATCH, 21), ("finish", FINISH_BATCH, 9)] {
+        conn.execute(sqlx::AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
+            .await
+            .unwrap();
+        let nulls = vec!["NULL"; params].join(", ");
+        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let mut scans = Vec::new();
+        relation_scans(&plan, &mut scans);
+        assert!(
+            scans.iter().any(|(_, relation)| relation == "runs"),
+            "{name} reads runs: {plan:#}"
+        );
+        for (node, relation) in &scans {
+            assert!(
+                node.starts_with("Index") || node.starts_with("Bitmap"),
+                "{name} reads {relation} by {node}: {plan:#}"
+            );
+        }
+    }
     let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
         .fetch_one(pg.pool())
         .await
         .unwrap();
     assert_eq!(mode, "force_custom_plan");
+}
+
+/// (node type, relation) of every plan node that reads a table.
+fn relation_scans(plan: &Value, out: &mut Vec<(String, String)>) {
+    match plan {
+        Value::Array(items) => items.iter().for_each(|v| relation_scans(v, out)),
+        Value::Object(node) => {
+            if let (Some(Value::String(kind)), Some(Value::String(relation))) =
+                (node.get("Node Type"), node.get("Relation Name"))
+                && kind != "ModifyTable"
+            {
+                out.push((kind.clone(), relation.clone()));
+            }
+            node.values().for_each(|v| relation_scans(v, out));
+        }
+        _ => {}
+    }
 }

@@ -26,7 +26,7 @@
 //! the database comes back, without a restart.
 
 mod batcher;
-mod statements;
+pub mod statements;
 
 use std::{str::FromStr as _, sync::Arc, time::Duration};
 
@@ -88,19 +88,34 @@ impl Default for PgSettings {
             pool_size: 10,
             statement_timeout: Duration::from_secs(5),
             batch_max_rows: 32,
-            batch_max_wait: Duration::from_millis(1),
+            batch_max_wait: Duration::ZERO,
         }
     }
 }
 
 impl PgSettings {
-    /// Batches each batcher writes at once: a third of the pool each for
-    /// claims and finishes, the rest for reads and pruning.
+    /// Connections for reads, pruning and cancels: a fifth of the pool, at
+    /// least one. The rest are the batch pool's.
+    fn other_connections(&self) -> u32 {
+        (self.pool_size / 5).max(1)
+    }
+
+    /// Connections of the batch pool, for claims and finishes.
+    fn batch_connections(&self) -> u32 {
+        self.pool_size
+            .saturating_sub(self.other_connections())
+            .max(1)
+    }
+
+    /// Batches each batcher writes at once: half the batch pool each for
+    /// claims and finishes.
     fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_rows: self.batch_max_rows,
             max_wait: self.batch_max_wait,
-            in_flight: usize::try_from(self.pool_size / 3).unwrap_or(1).max(1),
+            in_flight: usize::try_from(self.batch_connections() / 2)
+                .unwrap_or(1)
+                .max(1),
         }
     }
 }
@@ -120,7 +135,10 @@ struct FinishItem {
 /// Runs and keys in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    /// Reads, pruning and cancels, each statement planned for its values.
     pool: PgPool,
+    /// The batched claims and finishes, on plans made once per connection.
+    batch_pool: PgPool,
     settings: StoreSettings,
     claims: Batcher<ClaimItem, (Uuid, Claim)>,
     finishes: Batcher<FinishItem, bool>,
@@ -480,11 +498,7 @@ impl PgStore {
         let pg = settings.postgres;
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| anyhow!("DATABASE_URL: not a valid PostgreSQL connection URL"))?
-            .application_name("pushworker")
-            // A prepared statement's generic plan is kept by its connection;
-            // made while the tables are small, it scans them whole until the
-            // next analyze. A custom plan follows their size.
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .application_name("pushworker");
         // Migrations on a connection of their own, free of the statement
         // timeout (an index build may take longer).
         let mut migrations = sqlx::PgConnection::connect_with(&options)
@@ -496,27 +510,51 @@ impl PgStore {
             .context("DATABASE_URL: cannot apply the run ledger's migrations")?;
         let _ = migrations.close().await;
         let timeout_ms = pg.statement_timeout.as_millis();
-        let pool = PgPoolOptions::new()
-            .max_connections(pg.pool_size)
-            .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(Duration::from_secs(300))
-            .max_lifetime(Duration::from_secs(1800))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "SET statement_timeout = {timeout_ms}"
-                    )))
-                    .await
-                    .map(|_| ())
+        let pool_of = |size: u32, options: PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .min_connections(0)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .idle_timeout(Duration::from_secs(300))
+                .max_lifetime(Duration::from_secs(1800))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET statement_timeout = {timeout_ms}"
+                        )))
+                        .await
+                        .map(|_| ())
+                    })
                 })
-            })
-            .connect_with(options)
-            .await
-            .context("DATABASE_URL: cannot connect to PostgreSQL")?;
+                .connect_with(options)
+        };
+        // A generic plan made while the tables are small would scan them
+        // whole until the next analyze; the searches and sums are planned
+        // for their values instead (docs/platform-notes.md).
+        let pool = pool_of(
+            pg.other_connections(),
+            options
+                .clone()
+                .options([("plan_cache_mode", "force_custom_plan")]),
+        )
+        .await
+        .context("DATABASE_URL: cannot connect to PostgreSQL")?;
+        // Every claim and finish finds its rows by key, so its connection
+        // plans each statement once, by index whatever the tables' size:
+        // planning the batch statements anew each time costs more than
+        // running them.
+        let batch_pool = pool_of(
+            pg.batch_connections(),
+            options.options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ]),
+        )
+        .await
+        .context("DATABASE_URL: cannot connect to PostgreSQL")?;
         let lease = settings.lease;
         let finishes = {
-            let pool = pool.clone();
+            let pool = batch_pool.clone();
             let write: WriteFn<FinishItem, bool> = Arc::new(move |items| {
                 let pool = pool.clone();
                 Box::pin(async move { finish_distinct(&pool, items).await })
@@ -524,7 +562,7 @@ impl PgStore {
             Batcher::spawn(pg.limits(), write, None)
         };
         let claims = {
-            let pool = pool.clone();
+            let pool = batch_pool.clone();
             let write: WriteFn<ClaimItem, (Uuid, Claim)> = Arc::new(move |items| {
                 let pool = pool.clone();
                 Box::pin(async move {
@@ -568,15 +606,21 @@ impl PgStore {
         };
         Ok(Self {
             pool,
+            batch_pool,
             settings,
             claims,
             finishes,
         })
     }
 
-    /// The connection pool (tests and operators' tools).
+    /// The pool of reads, pruning and cancels (tests and operators' tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The pool of the batched claims and finishes (tests).
+    pub fn batch_pool(&self) -> &PgPool {
+        &self.batch_pool
     }
 
     fn operation_timeout(&self) -> Duration {
