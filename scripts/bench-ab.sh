@@ -6,7 +6,11 @@
 # Google token; with LOAD=manual instead, a Clerk user's `POST /jobs/echo`
 # with one dev Clerk token (make bench's scenario 3). Prints per run: req/s,
 # p99, the worker's CPU per request (utime+stime from /proc/PID/stat over the
-# requests served), its RSS when ready and idle, and its peak RSS.
+# requests served), its RSS when ready and idle (all, and the anonymous part
+# alone), and its peak RSS. The file-backed part of the idle RSS depends on
+# how the binary's pages came into the page cache: a freshly copied binary
+# shows about 2 MB more than the same one read back from disk, so compare
+# the anonymous part, or binaries copied the same way.
 # The worker's stdout goes to /dev/null, or with STDOUT=pipe to a pipe that
 # `cat` drains, as a platform's log collector reads it. With FRESH_DB=HOST:PORT
 # each run gets a fresh PostgreSQL database (user postgres, trust auth) as its
@@ -17,7 +21,7 @@
 # e.g. build the old revision in a worktree, then
 #   scripts/bench-ab.sh /tmp/old/target/release/pushworker target/release/pushworker 5 RUST_LOG=warn
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,17p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,22p "$0"; exit 2; }
 old=$1 new=$2 pairs=${3:-3}; shift $(( $# >= 3 ? 3 : 2 ))
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 DUR=${DUR:-5}
@@ -56,7 +60,9 @@ one() {
   exec 3>&-
   local pid=$!
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
-  local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  local idle anon
+  idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  anon=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
   local kind=(google); [ "${LOAD:-push}" = manual ] && kind=(clerk --azp "http://localhost:$port")
   TOKEN=$("$bin" dev-token --dev-dir "$work/dev" "${kind[@]}" 2>/dev/null); export TOKEN
   RUN="w$RANDOM$RANDOM" wrk -t2 -c32 -d3s -s "$work/push.lua" "http://127.0.0.1:$port" >/dev/null
@@ -65,11 +71,11 @@ one() {
   out=$(RUN="m$RANDOM$RANDOM" wrk -t2 -c32 -d"${DUR}s" --latency -s "$work/push.lua" "http://127.0.0.1:$port")
   c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   local req; req=$(echo "$out" | awk '/requests in/ {print $1}')
-  printf 'rps=%s non2xx=%s p99=%s cpu_us_per_req=%s idle_rss_kb=%s peak_rss_kb=%s\n' \
+  printf 'rps=%s non2xx=%s p99=%s cpu_us_per_req=%s idle_rss_kb=%s idle_anon_kb=%s peak_rss_kb=%s\n' \
     "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
     "$(echo "$out" | awk '/Non-2xx/ {print $NF}' | grep . || echo 0)" \
     "$(echo "$out" | awk '$1 == "99%" {print $2}')" \
-    "$(( (c1 - c0) * 10000 / req ))" "$idle" \
+    "$(( (c1 - c0) * 10000 / req ))" "$idle" "$anon" \
     "$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [ -z "$db" ] || dropdb -h "${FRESH_DB%:*}" -p "${FRESH_DB##*:}" -U postgres "$db"

@@ -6,8 +6,9 @@
 //!
 //! Lines go to stdout through `tracing-appender`'s non-blocking writer in
 //! lossless mode: a request hands its line over and a writer thread writes
-//! what has queued up in one call, so a log collector on the pipe is not
-//! woken once per line. [`LogGuard`] holds that thread; dropping it (at the
+//! what has queued up in one call, then rests a moment so that the next
+//! lines queue up too; neither the thread nor a log collector on the pipe
+//! is woken once per line. [`LogGuard`] holds that thread; dropping it (at the
 //! end of `main`) writes every line still queued.
 //!
 //! Text lines escape control characters in every field and message, so no
@@ -50,6 +51,33 @@ pub struct LogArgs {
 /// Lines queued for the writer thread before a request waits for it.
 const LOG_QUEUE_LINES: usize = 8192;
 
+/// How long the writer thread rests after each write to stdout.
+const LOG_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Stdout as the writer thread sees it: buffered, and after each flush (the
+/// thread flushes whenever its queue runs dry) the thread rests for
+/// [`LOG_WRITE_PAUSE`]. Lines that come meanwhile queue up and go out in one
+/// write, and a request hands its line over without waking the thread,
+/// which under load would otherwise be woken, at the cost of a context
+/// switch, for nearly every line.
+struct Paced<W: std::io::Write>(std::io::BufWriter<W>);
+
+impl<W: std::io::Write> std::io::Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        std::thread::sleep(LOG_WRITE_PAUSE);
+        Ok(())
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -84,10 +112,10 @@ pub fn init(guard: &LogGuard, format: LogFormat, project_id: Option<String>) {
         // wait for stdout, never drops a line.
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
+        .finish(Paced(std::io::BufWriter::with_capacity(
             64 * 1024,
             std::io::stdout(),
-        ));
+        )));
     let registry = tracing_subscriber::registry()
         .with(targets)
         .with(env_filter);
