@@ -515,3 +515,55 @@ fn relation_scans(plan: &Value, out: &mut Vec<(String, String)>) {
         _ => {}
     }
 }
+
+/// The status and source indexes hold only what a succeeded push is not
+/// (other statuses, other sources), so the hot path never writes them; the
+/// searches an operator makes for those rare runs still go by index.
+#[tokio::test]
+async fn postgres_searches_for_rare_runs_use_indexes_a_succeeded_push_never_writes() {
+    use sqlx::Executor as _;
+    let db = TestDb::create().await;
+    let _migrated = PgStore::connect(&db.url(), settings()).await.unwrap();
+    let mut conn = connect(&db).await;
+    conn.execute(
+        "INSERT INTO runs (run_id, job, source, principal_kind, principal_id, attempt, \
+             payload_digest, status, started_at) \
+         SELECT gen_random_uuid(), 'echo', \
+             CASE WHEN g % 1000 = 0 THEN 'manual' ELSE 'push' END, 'google', 'p', 1, 'sha256:x', \
+             CASE WHEN g % 997 = 0 THEN 'dead_lettered' ELSE 'succeeded' END, now() \
+         FROM generate_series(1, 50000) g",
+    )
+    .await
+    .unwrap();
+    conn.execute("ANALYZE runs").await.unwrap();
+    let cases = [
+        ("status = 'dead_lettered'", "runs_other_status_idx"),
+        (
+            "status = ANY('{failed_permanent,dead_lettered}'::text[])",
+            "runs_other_status_idx",
+        ),
+        ("source = 'manual'", "runs_other_source_idx"),
+    ];
+    for (filter, index) in cases {
+        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) SELECT run_id FROM runs WHERE TRUE AND {filter} \
+             ORDER BY run_id DESC LIMIT 51"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(plan.to_string().contains(index), "{filter}: {plan:#}");
+    }
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'runs' \
+         AND indexdef NOT LIKE '%WHERE%' ORDER BY indexname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        ["runs_job_idx", "runs_pkey"],
+        "the only whole-table indexes of runs"
+    );
+}
