@@ -74,8 +74,9 @@ const LEDGER_BUCKETS: &[f64] = &[
 ];
 
 /// How often histogram samples are folded into their buckets when nobody
-/// scrapes (a scrape folds them too): the samples wait in a queue until then.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// scrapes (a scrape folds them too). Until then every sample waits in a
+/// queue of its own, so under load the period sets how much memory they hold.
+const UPKEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Metrics (`METRICS_ADDR`).
 #[derive(Debug, Clone, clap::Args)]
@@ -346,7 +347,7 @@ impl MetricsListener {
     }
 
     /// Serves `GET /metrics` from `metrics` until `stop` is cancelled, and
-    /// folds histogram samples into their buckets every few seconds.
+    /// folds histogram samples into their buckets every [`UPKEEP_EVERY`].
     pub fn spawn(self, metrics: &Metrics, stop: CancellationToken) {
         let Some(handle) = metrics.handle() else {
             return;
